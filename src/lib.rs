@@ -1,0 +1,13 @@
+//! hapull: keep Home Assistant backups safe on a separate machine.
+//!
+//! The job, in order: ask Home Assistant for a backup over its WebSocket API ([`ha`]), wait for its own
+//! completion event, pull the archive over SFTP ([`transfer`]), verify and commit it to the local
+//! [`store`], record every step in the tamper-evident [`audit`] log, and only then clean up.
+
+pub mod audit;
+pub mod config;
+pub mod ha;
+pub mod secret;
+pub mod sim;
+pub mod store;
+pub mod transfer;

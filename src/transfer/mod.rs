@@ -1,0 +1,1 @@
+//! transfer (in progress)
