@@ -1,0 +1,192 @@
+use super::*;
+use std::io::Write;
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    let mut f = fs::File::create(&p).unwrap();
+    f.write_all(body.as_bytes()).unwrap();
+    p
+}
+
+fn load_str(dir: &Path, body: &str) -> Result<Loaded, ConfigError> {
+    let p = write(dir, "hapull.toml", body);
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    load(&p)
+}
+
+#[test]
+fn unknown_key_names_key_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "token", "abc\n");
+    let err = load_str(
+        dir.path(),
+        "[home_assistant]\nurl = \"http://ha:8123\"\ntoken_file = \"token\"\ntoken_flie = \"x\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("hapull.toml"), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("token_flie"), "{err}");
+}
+
+#[test]
+fn token_from_file_is_trimmed_and_relative_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "token", "  secret-token\n");
+    let l = load_str(
+        dir.path(),
+        "[home_assistant]\nurl = \"http://ha:8123\"\ntoken_file = \"token\"\n",
+    )
+    .unwrap();
+    assert_eq!(l.config.home_assistant.token.expose(), "secret-token");
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    assert_eq!(
+        l.config.home_assistant.endpoint.ws_url(),
+        "ws://ha:8123/api/websocket"
+    );
+    assert!(!format!("{:?}", l.config).contains("secret-token"));
+}
+
+#[test]
+fn inline_token_warns_and_world_readable_file_warns_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "c.toml",
+        "[home_assistant]\nurl = \"http://ha:8123\"\ntoken = \"inline-secret\"\n",
+    );
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    let l = load(&p).unwrap();
+    let all = l
+        .warnings
+        .iter()
+        .map(|w| w.0.clone())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(all.contains("written inline"), "{all}");
+    assert!(all.contains("readable by other users"), "{all}");
+    assert!(!all.contains("inline-secret"));
+}
+
+#[test]
+fn token_env_is_read_through_the_given_lookup() {
+    let raw = RawConfig::parse(
+        "[home_assistant]\nurl = \"https://ha.example\"\ntoken_env = \"HA_TOKEN\"\n",
+    )
+    .unwrap();
+    let l = validate(raw, Path::new("/nonexistent/c.toml"), Some(0o600), &|k| {
+        (k == "HA_TOKEN").then(|| "from-env".to_string())
+    })
+    .unwrap();
+    assert_eq!(l.config.home_assistant.token.expose(), "from-env");
+    let raw = RawConfig::parse(
+        "[home_assistant]\nurl = \"https://ha.example\"\ntoken_env = \"MISSING\"\n",
+    )
+    .unwrap();
+    let e = validate(raw, Path::new("c.toml"), None, &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MISSING is not set"), "{e}");
+}
+
+#[test]
+fn bad_values_say_what_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "token", "t");
+    let base = "[home_assistant]\nurl = \"http://ha:8123\"\ntoken_file = \"token\"\n";
+    let cases = [
+        (
+            "[home_assistant]\nurl = \"ftp://ha\"\ntoken_file = \"token\"\n",
+            "scheme must be",
+        ),
+        (
+            "[home_assistant]\nurl = \"http://ha\"\ntoken_file = \"missing\"\n",
+            "cannot read",
+        ),
+        ("[home_assistant]\nurl = \"http://ha\"\n", "no access token"),
+        (
+            "[home_assistant]\nurl = \"http://ha\"\ntoken_file = \"token\"\ntoken = \"x\"\n",
+            "set only one",
+        ),
+        (
+            &format!("{base}[backup]\ntimeout = \"soon\"\n"),
+            "is not a duration",
+        ),
+        (
+            &format!("{base}[backup]\nmode = \"magic\"\n"),
+            "\"api\" or \"service\"",
+        ),
+        (
+            &format!("{base}[schedule]\ntimezone = \"Mars/Olympus\"\n"),
+            "not a known time zone",
+        ),
+        (
+            &format!("{base}[store]\nverify = \"some\"\n"),
+            "\"full\" or \"structure\"",
+        ),
+        (
+            &format!("{base}[status]\nlisten = \"nowhere\"\n"),
+            "address:port",
+        ),
+        (
+            &format!("{base}[ssh]\nhost = \"ha\"\nidentity_file = \"token\"\n"),
+            "host key must be verified",
+        ),
+        (
+            &format!("{base}[ssh]\nhost = \"ha\"\nidentity_file = \"token\"\nhost_key = \"abc\"\n"),
+            "not a SHA256",
+        ),
+        (
+            &format!(
+                "{base}[ssh]\nhost = \"ha\"\nidentity_file = \"token\"\nknown_hosts = \"kh\"\n"
+            ),
+            "cannot read",
+        ),
+        (
+            &format!(
+                "{base}[ssh]\nhost = \"ha\"\nidentity_file = \"token\"\nhost_key = \"SHA256:aaaaaaaaaaaaaaaaaaaaaaaa\"\nremote_dir = \"rel\"\n"
+            ),
+            "absolute",
+        ),
+        ("[nonsense]\n", "unknown field"),
+    ];
+    for (body, want) in cases {
+        let e = load_str(dir.path(), body).unwrap_err().to_string();
+        assert!(
+            e.contains(want),
+            "config:\n{body}\nerror: {e}\nwanted: {want}"
+        );
+    }
+}
+
+#[test]
+fn sizes_parse_with_binary_units() {
+    assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+    assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+    assert_eq!(parse_size("7").unwrap(), 7);
+    assert!(parse_size("lots").is_err());
+    assert!(parse_size("5 parsecs").is_err());
+    assert!(parse_size("99999999999999GiB").is_err());
+}
+
+#[test]
+fn the_example_config_is_valid_and_complete() {
+    // Every key the example documents must parse (commented keys are checked by uncommenting them).
+    let text = include_str!("../../config/hapull.example.toml");
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            let t = l.trim_start();
+            match t.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest.to_string(),
+                _ => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    RawConfig::parse(text).unwrap();
+    // Uncommenting alternatives makes some combinations invalid (token_file + token_env) but every key
+    // must still be known to the parser.
+    let err = RawConfig::parse(&uncommented).err().unwrap_or_default();
+    assert!(!err.contains("unknown field"), "{err}");
+}
