@@ -1,0 +1,185 @@
+//! `hapull check`: is everything hapull needs in place? Each line names what was checked and, when it
+//! failed, what to do. Exit 0 only when nothing failed.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+
+use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, Global};
+use crate::config::{BackupMode, Config};
+use crate::ha::{BackupApi, Client, HaError};
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Report {
+    lines: Vec<(Level, String, String)>,
+}
+
+impl Report {
+    fn add(&mut self, level: Level, what: &str, text: impl Into<String>) {
+        let tag = match level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        let text = text.into();
+        println!("[{tag}] {what:<12} {text}");
+        self.lines.push((level, what.to_string(), text));
+    }
+
+    fn failed(&self) -> bool {
+        self.lines.iter().any(|(l, _, _)| *l == Level::Fail)
+    }
+}
+
+pub async fn run(global: &Global, _args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let mut report = Report { lines: Vec::new() };
+    let loaded = match crate::config::load(&global.config) {
+        Ok(l) => l,
+        Err(e) => {
+            report.add(Level::Fail, "config", e.to_string());
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    report.add(Level::Ok, "config", format!("{} is valid", global.config.display()));
+    for w in &loaded.warnings {
+        report.add(Level::Warn, "config", w.to_string());
+    }
+    let cfg = loaded.config;
+    check_home_assistant(&cfg, &mut report).await;
+    if report.failed() {
+        println!("not ready: fix the FAIL lines above");
+        Ok(ExitCode::from(EXIT_FAILED))
+    } else {
+        println!("ready");
+        Ok(ExitCode::from(EXIT_OK))
+    }
+}
+
+async fn check_home_assistant(cfg: &Config, report: &mut Report) {
+    let client = match super::connect(cfg, false).await {
+        Ok(c) => c,
+        Err(e) => {
+            report.add(Level::Fail, "connect", format!("{e:#}"));
+            return;
+        }
+    };
+    report.add(
+        Level::Ok,
+        "connect",
+        format!("{} (Home Assistant {})", cfg.home_assistant.endpoint, client.ha_version()),
+    );
+    let api = match client.detect_backup_api().await {
+        Ok(api) => api,
+        Err(e) => {
+            report.add(Level::Fail, "backup api", explain_backup_error(&e));
+            return;
+        }
+    };
+    report.add(Level::Ok, "backup api", api.to_string());
+    match client.backup_info().await {
+        Ok(list) => {
+            let level = if list.state == "blocked" { Level::Warn } else { Level::Ok };
+            report.add(
+                level,
+                "manager",
+                format!("state {}, {} backup(s) listed", list.state, list.backups.len()),
+            );
+        }
+        Err(e) => report.add(Level::Fail, "permission", explain_backup_error(&e)),
+    }
+    if api == BackupApi::Modern {
+        match client.backup_agents().await {
+            Ok(agents) => {
+                let names: Vec<String> = agents.iter().map(|a| a.agent_id.clone()).collect();
+                let level = if names.iter().any(|n| n == "backup.local") {
+                    Level::Ok
+                } else {
+                    Level::Fail
+                };
+                let mut text = format!("agents: {}", names.join(", "));
+                if level == Level::Fail {
+                    text.push_str(" — backup.local is missing; hapull pulls the local copy, so HA must keep one");
+                }
+                report.add(level, "agents", text);
+            }
+            Err(e) => report.add(Level::Fail, "agents", explain_backup_error(&e)),
+        }
+        match client.backup_config().await {
+            Ok(_) => report.add(Level::Ok, "permission", "the token may use the backup API"),
+            Err(e) => report.add(Level::Fail, "permission", explain_backup_error(&e)),
+        }
+    }
+    match (cfg.backup.mode, api) {
+        (BackupMode::Api, BackupApi::Legacy { .. }) => report.add(
+            Level::Ok,
+            "mode",
+            "api: this Home Assistant has the legacy backup API, so hapull uses its blocking backup/generate",
+        ),
+        (BackupMode::Api, BackupApi::Modern) => report.add(Level::Ok, "mode", "api: backup/generate to backup.local"),
+        (BackupMode::Service, _) => check_services(cfg, &client, report).await,
+    }
+}
+
+async fn check_services(cfg: &Config, client: &Client, report: &mut Report) {
+    let services = match client.call(json!({"type": "get_services"})).await {
+        Ok(v) => v,
+        Err(e) => {
+            report.add(Level::Fail, "services", format!("cannot list services: {e}"));
+            return;
+        }
+    };
+    let has = |domain: &str, service: &str| {
+        services
+            .get(domain)
+            .and_then(|d| d.get(service))
+            .is_some_and(|s| !s.is_null())
+    };
+    let name = &cfg.backup.shell_command;
+    if has("shell_command", name) {
+        report.add(Level::Ok, "services", format!("shell_command.{name} exists"));
+    } else {
+        report.add(
+            Level::Fail,
+            "services",
+            format!(
+                "mode = \"service\" needs shell_command.{name} in Home Assistant's configuration (see config/home-assistant/), or use mode = \"api\""
+            ),
+        );
+    }
+    if has("backup", "create") {
+        report.add(Level::Ok, "services", "backup.create exists");
+    } else {
+        report.add(Level::Fail, "services", "backup.create is missing: add `backup:` to configuration.yaml");
+    }
+    report.add(
+        Level::Warn,
+        "mode",
+        format!(
+            "service: shell_command.{name} deletes archive files behind Home Assistant's back, so they stay listed in its backup list until HA restarts; mode = \"api\" avoids this"
+        ),
+    );
+}
+
+/// Turns a backup API error into advice.
+fn explain_backup_error(e: &HaError) -> String {
+    match e.code() {
+        Some("unauthorized") => format!(
+            "{e} — the token's user is not an administrator; the backup API needs an admin user's long-lived access token"
+        ),
+        Some("unknown_command") => {
+            format!("{e} — the backup integration is not loaded; add `backup:` to configuration.yaml and restart Home Assistant")
+        }
+        _ => e.to_string(),
+    }
+}
+

@@ -1,0 +1,124 @@
+//! The command line: one file per subcommand. This is the only layer (with `main.rs`) that uses
+//! `anyhow` and prints for humans; it turns validated config into the options of the library's modules.
+
+mod check;
+mod events;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config};
+use crate::ha::{Client, ClientOptions};
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// The command ran and failed (a check failed, a backup was not committed, ...).
+pub const EXIT_FAILED: u8 = 1;
+/// Bad usage or configuration: nothing was attempted.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "hapull", version, about = "Pull verified Home Assistant backups to this machine", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Configuration file.
+    #[arg(short, long, global = true, env = "HAPULL_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More log detail (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the configuration and the connection to Home Assistant; exit 0 only when all is ready.
+    Check(check::CheckArgs),
+    /// Print Home Assistant events as JSON lines until interrupted.
+    Events(events::EventsArgs),
+}
+
+/// Sets up tracing on standard error.
+pub fn init_tracing(global: &Global) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let default = match (global.quiet, global.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "hapull=debug,info",
+        (false, _) => "hapull=trace,debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let result = match global.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+/// Runs a command and maps its outcome to an exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let outcome = match cli.command {
+        Command::Check(args) => check::run(&cli.global, args).await,
+        Command::Events(args) => events::run(&cli.global, args).await,
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hapull: error: {e:#}");
+            let usage = e.chain().any(|c| c.downcast_ref::<config::ConfigError>().is_some());
+            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
+        }
+    }
+}
+
+/// Loads the config and logs its warnings.
+pub(crate) fn load_config(global: &Global) -> anyhow::Result<Config> {
+    let loaded = config::load(&global.config)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(loaded.config)
+}
+
+/// Client options from the config.
+pub(crate) fn client_options(cfg: &Config, reconnect: bool) -> anyhow::Result<ClientOptions> {
+    let ha = &cfg.home_assistant;
+    let mut opts = ClientOptions::new(ha.endpoint.clone(), ha.token.clone(), ha.ca_file.as_deref())?;
+    opts.request_timeout = ha.request_timeout;
+    opts.heartbeat_interval = ha.heartbeat_interval;
+    opts.max_message_size = ha.max_message_size;
+    opts.reconnect = reconnect;
+    Ok(opts)
+}
+
+pub(crate) async fn connect(cfg: &Config, reconnect: bool) -> anyhow::Result<Client> {
+    let opts = client_options(cfg, reconnect)?;
+    Client::connect(opts)
+        .await
+        .with_context(|| format!("connecting to Home Assistant at {}", cfg.home_assistant.endpoint))
+}
