@@ -50,7 +50,11 @@ pub async fn run(global: &Global, _args: CheckArgs) -> anyhow::Result<ExitCode> 
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    report.add(Level::Ok, "config", format!("{} is valid", global.config.display()));
+    report.add(
+        Level::Ok,
+        "config",
+        format!("{} is valid", global.config.display()),
+    );
     for w in &loaded.warnings {
         report.add(Level::Warn, "config", w.to_string());
     }
@@ -76,7 +80,11 @@ async fn check_home_assistant(cfg: &Config, report: &mut Report) {
     report.add(
         Level::Ok,
         "connect",
-        format!("{} (Home Assistant {})", cfg.home_assistant.endpoint, client.ha_version()),
+        format!(
+            "{} (Home Assistant {})",
+            cfg.home_assistant.endpoint,
+            client.ha_version()
+        ),
     );
     let api = match client.detect_backup_api().await {
         Ok(api) => api,
@@ -88,11 +96,19 @@ async fn check_home_assistant(cfg: &Config, report: &mut Report) {
     report.add(Level::Ok, "backup api", api.to_string());
     match client.backup_info().await {
         Ok(list) => {
-            let level = if list.state == "blocked" { Level::Warn } else { Level::Ok };
+            let level = if list.state == "blocked" {
+                Level::Warn
+            } else {
+                Level::Ok
+            };
             report.add(
                 level,
                 "manager",
-                format!("state {}, {} backup(s) listed", list.state, list.backups.len()),
+                format!(
+                    "state {}, {} backup(s) listed",
+                    list.state,
+                    list.backups.len()
+                ),
             );
         }
         Err(e) => report.add(Level::Fail, "permission", explain_backup_error(&e)),
@@ -134,7 +150,11 @@ async fn check_services(cfg: &Config, client: &Client, report: &mut Report) {
     let services = match client.call(json!({"type": "get_services"})).await {
         Ok(v) => v,
         Err(e) => {
-            report.add(Level::Fail, "services", format!("cannot list services: {e}"));
+            report.add(
+                Level::Fail,
+                "services",
+                format!("cannot list services: {e}"),
+            );
             return;
         }
     };
@@ -146,7 +166,11 @@ async fn check_services(cfg: &Config, client: &Client, report: &mut Report) {
     };
     let name = &cfg.backup.shell_command;
     if has("shell_command", name) {
-        report.add(Level::Ok, "services", format!("shell_command.{name} exists"));
+        report.add(
+            Level::Ok,
+            "services",
+            format!("shell_command.{name} exists"),
+        );
     } else {
         report.add(
             Level::Fail,
@@ -159,7 +183,11 @@ async fn check_services(cfg: &Config, client: &Client, report: &mut Report) {
     if has("backup", "create") {
         report.add(Level::Ok, "services", "backup.create exists");
     } else {
-        report.add(Level::Fail, "services", "backup.create is missing: add `backup:` to configuration.yaml");
+        report.add(
+            Level::Fail,
+            "services",
+            "backup.create is missing: add `backup:` to configuration.yaml",
+        );
     }
     report.add(
         Level::Warn,
@@ -177,9 +205,10 @@ fn explain_backup_error(e: &HaError) -> String {
             "{e} — the token's user is not an administrator; the backup API needs an admin user's long-lived access token"
         ),
         Some("unknown_command") => {
-            format!("{e} — the backup integration is not loaded; add `backup:` to configuration.yaml and restart Home Assistant")
+            format!(
+                "{e} — the backup integration is not loaded; add `backup:` to configuration.yaml and restart Home Assistant"
+            )
         }
         _ => e.to_string(),
     }
 }
-

@@ -62,7 +62,7 @@ pub async fn run(global: &Global, args: EventsArgs) -> anyhow::Result<ExitCode> 
     let mut out = stdout.lock();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = super::interrupted() => break,
             line = rx.recv() => match line {
                 None => {
                     warn!("all subscriptions ended");
@@ -90,7 +90,10 @@ async fn forward(mut sub: Subscription, is_backup: bool, tx: mpsc::Sender<Value>
                 continue;
             }
             SubItem::Lagged(n) => {
-                warn!(dropped = n, "fell behind Home Assistant's events; some were dropped");
+                warn!(
+                    dropped = n,
+                    "fell behind Home Assistant's events; some were dropped"
+                );
                 continue;
             }
         };

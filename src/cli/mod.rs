@@ -72,6 +72,7 @@ pub fn init_tracing(global: &Global) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let result = match global.log_format {
         LogFormat::Text => builder.try_init(),
@@ -90,9 +91,27 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hapull: error: {e:#}");
-            let usage = e.chain().any(|c| c.downcast_ref::<config::ConfigError>().is_some());
+            let usage = e
+                .chain()
+                .any(|c| c.downcast_ref::<config::ConfigError>().is_some());
             ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
         }
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what Docker and systemd send).
+pub(crate) async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }
 
@@ -108,7 +127,8 @@ pub(crate) fn load_config(global: &Global) -> anyhow::Result<Config> {
 /// Client options from the config.
 pub(crate) fn client_options(cfg: &Config, reconnect: bool) -> anyhow::Result<ClientOptions> {
     let ha = &cfg.home_assistant;
-    let mut opts = ClientOptions::new(ha.endpoint.clone(), ha.token.clone(), ha.ca_file.as_deref())?;
+    let mut opts =
+        ClientOptions::new(ha.endpoint.clone(), ha.token.clone(), ha.ca_file.as_deref())?;
     opts.request_timeout = ha.request_timeout;
     opts.heartbeat_interval = ha.heartbeat_interval;
     opts.max_message_size = ha.max_message_size;
@@ -118,7 +138,10 @@ pub(crate) fn client_options(cfg: &Config, reconnect: bool) -> anyhow::Result<Cl
 
 pub(crate) async fn connect(cfg: &Config, reconnect: bool) -> anyhow::Result<Client> {
     let opts = client_options(cfg, reconnect)?;
-    Client::connect(opts)
-        .await
-        .with_context(|| format!("connecting to Home Assistant at {}", cfg.home_assistant.endpoint))
+    Client::connect(opts).await.with_context(|| {
+        format!(
+            "connecting to Home Assistant at {}",
+            cfg.home_assistant.endpoint
+        )
+    })
 }

@@ -172,6 +172,12 @@ fn classify_connect_error(endpoint: &str, e: tungstenite::Error) -> HaError {
             endpoint,
             reason: t.to_string(),
         },
+        E::Io(io) if io.to_string().contains("CaUsedAsEndEntity") => HaError::Tls {
+            endpoint,
+            reason: format!(
+                "{io} (the server's certificate is marked as a CA: put the CA that signed it in ca_file, or make the self-signed certificate with basicConstraints CA:FALSE)"
+            ),
+        },
         E::Io(io) => {
             // rustls reports certificate problems through io::Error on the handshake.
             let text = io.to_string();
