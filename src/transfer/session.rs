@@ -199,15 +199,17 @@ impl client::Handler for Client {
 }
 
 fn ssh_config(opts: &SessionOptions, key_algorithms: &[String]) -> client::Config {
-    let mut preferred = russh::Preferred::default();
     // Fast AEAD ciphers first: AES-GCM uses the CPU's AES instructions.
-    preferred.cipher = Cow::Owned(vec![
-        russh::cipher::AES_256_GCM,
-        russh::cipher::AES_128_GCM,
-        russh::cipher::CHACHA20_POLY1305,
-        russh::cipher::AES_256_CTR,
-        russh::cipher::AES_128_CTR,
-    ]);
+    let mut preferred = russh::Preferred {
+        cipher: Cow::Owned(vec![
+            russh::cipher::AES_256_GCM,
+            russh::cipher::AES_128_GCM,
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_256_CTR,
+            russh::cipher::AES_128_CTR,
+        ]),
+        ..russh::Preferred::default()
+    };
     if !key_algorithms.is_empty() {
         // Ask first for a host key type that known_hosts can vouch for, as OpenSSH does; otherwise a
         // host with an ed25519 and an ECDSA key would look "unknown" when only one was recorded.
