@@ -1,1 +1,146 @@
-//! transfer (in progress)
+//! SFTP pull engine: fetch one remote file into a local path, byte-exact, hashed, resumable, atomic.
+//!
+//! It connects with russh, verifies the host key (known_hosts or pinned fingerprints, never "accept
+//! anything"), logs in with a key, and pulls with many SFTP reads outstanding while a writer thread
+//! hashes (SHA-256) and writes each chunk as it arrives. Data goes to `<local>.partial` (with a
+//! `<local>.partial.meta` sidecar naming the remote size and mtime) and is renamed into place only after
+//! the size checks pass, so a file at the destination name is always complete. A dropped connection is
+//! retried with capped exponential backoff, resuming from what is on disk.
+//!
+//! What it must not do: know about Home Assistant or backups; derive local file names from remote
+//! names (the caller chooses `local`); write anywhere but `local` and its two sidecars; retry a
+//! permanent failure (host key, login, permission, disk space).
+
+mod error;
+mod hostkey;
+mod pull;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+
+pub use error::TransferError;
+pub use hostkey::{HostKeyInfo, HostKeyPolicy};
+pub use session::{Identity, RemoteEntry, Session, SessionOptions, load_identity, scan_host_key};
+
+use crate::secret::Secret;
+
+/// Where and as whom to connect. Built by the configuration layer from the user's settings.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// OpenSSH private key (ed25519 or ECDSA).
+    pub identity_file: PathBuf,
+    /// Passphrase of an encrypted key.
+    pub passphrase: Option<Secret>,
+    pub host_keys: HostKeyPolicy,
+}
+
+/// How a pull behaves. `Default` gives sensible production values.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// If set, the remote file must have exactly this size (checked before and after the transfer).
+    pub expected_size: Option<u64>,
+    /// Retries after a transient failure (dropped connection, file changed); 0 = a single attempt.
+    pub retry_budget: u32,
+    /// First delay between attempts; doubles up to `max_backoff`, with jitter.
+    pub min_backoff: Duration,
+    /// Cap on the delay between attempts.
+    pub max_backoff: Duration,
+    /// Free space to leave at the destination beyond the file itself.
+    pub free_space_margin: u64,
+    /// Throttle in bytes per second (`None` = as fast as possible).
+    pub bandwidth_limit: Option<u64>,
+    /// Draw a progress bar when stderr is a terminal (otherwise progress goes to tracing).
+    pub progress: bool,
+    /// Connection tuning.
+    pub session: SessionOptions,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            expected_size: None,
+            retry_budget: 5,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            free_space_margin: 64 * 1024 * 1024,
+            bandwidth_limit: None,
+            progress: false,
+            session: SessionOptions::default(),
+        }
+    }
+}
+
+/// What a successful pull produced. The file is at the destination, fsynced, with this content hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullOutcome {
+    pub size: u64,
+    /// SHA-256 of the whole file, computed while it was written (including any resumed prefix).
+    pub sha256: [u8; 32],
+    pub duration: Duration,
+    /// Bytes taken from an existing `.partial` rather than transferred by the final attempt.
+    pub resumed_bytes: u64,
+    /// Connection attempts used (1 when nothing went wrong).
+    pub attempts: u32,
+}
+
+impl PullOutcome {
+    /// The SHA-256 as lowercase hex, as `sha256sum` prints it.
+    pub fn sha256_hex(&self) -> String {
+        self.sha256.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Pulls `remote` from `target` into `local`, reconnecting and resuming after transient failures
+/// within `opts.retry_budget`. The identity is decrypted once, before the first attempt.
+///
+/// `local` is chosen by the caller; nothing here derives it from remote names.
+pub async fn pull(
+    target: &SshTarget,
+    remote: &str,
+    local: &Path,
+    opts: &PullOptions,
+) -> Result<PullOutcome, TransferError> {
+    let identity = load_identity(&target.identity_file, target.passphrase.as_ref())?;
+    let started = Instant::now();
+    let attempts = AtomicU32::new(0);
+    let attempt = || async {
+        attempts.fetch_add(1, Ordering::Relaxed);
+        let session = Session::connect_with(target, &identity, &opts.session).await?;
+        let result = pull::pull_once(&session, remote, local, opts).await;
+        session.close().await;
+        result
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(opts.min_backoff)
+        .with_max_delay(opts.max_backoff)
+        .with_max_times(opts.retry_budget as usize)
+        .with_jitter();
+    let result = attempt
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(TransferError::is_transient)
+        .notify(|e, delay| {
+            tracing::warn!(remote, error = %e, retry_in = ?delay, "pull interrupted; will resume");
+        })
+        .await;
+    let attempts = attempts.load(Ordering::Relaxed);
+    match result {
+        Ok(mut outcome) => {
+            outcome.attempts = attempts;
+            outcome.duration = started.elapsed();
+            Ok(outcome)
+        }
+        Err(e) if e.is_transient() && attempts > 1 => Err(TransferError::RetriesExhausted {
+            attempts,
+            last: Box::new(e),
+        }),
+        Err(e) => Err(e),
+    }
+}

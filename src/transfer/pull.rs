@@ -1,0 +1,429 @@
+//! The bulk download: pipelined SFTP reads feeding a writer thread that hashes as it writes, resume from
+//! a `.partial` file, free-space preflight, and the atomic commit.
+//!
+//! Invariant: the destination name appears only after size checks pass, via rename of a fsynced file.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::digest;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use russh_sftp::client::error::Error as SftpError;
+use russh_sftp::protocol::StatusCode;
+
+use super::session::Session;
+use super::{PullOptions, PullOutcome, TransferError};
+
+/// Chunks queued between the network and the writer; bounds memory together with the read window.
+const WRITER_QUEUE: usize = 16;
+/// How often progress is logged when no terminal bar is shown.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+pub(crate) struct LocalPaths {
+    pub(crate) partial: PathBuf,
+    pub(crate) meta: PathBuf,
+    pub(crate) dir: PathBuf,
+}
+
+pub(crate) fn local_paths(local: &Path) -> Result<LocalPaths, TransferError> {
+    let Some(name) = local.file_name() else {
+        return Err(TransferError::local(
+            "use as destination file",
+            local,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
+        ));
+    };
+    let with_suffix = |suffix: &str| {
+        let mut n = name.to_os_string();
+        n.push(suffix);
+        local.with_file_name(n)
+    };
+    let dir = match local.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok(LocalPaths {
+        partial: with_suffix(".partial"),
+        meta: with_suffix(".partial.meta"),
+        dir,
+    })
+}
+
+/// What the sidecar records about the remote file the `.partial` holds a prefix of.
+fn meta_text(remote: &str, size: u64, mtime: Option<u32>) -> String {
+    let mtime = mtime.map_or_else(|| "-".to_string(), |m| m.to_string());
+    format!("hapull-partial v1\nsize {size}\nmtime {mtime}\nremote {remote}\n")
+}
+
+/// How many bytes of an existing `.partial` can be kept; discards it (and its sidecar) when it belongs
+/// to another file or another version of this one.
+fn resume_point(paths: &LocalPaths, wanted_meta: &str, size: u64) -> Result<u64, TransferError> {
+    let meta = std::fs::read_to_string(&paths.meta).ok();
+    let partial_len = std::fs::metadata(&paths.partial).ok().map(|m| m.len());
+    match (meta, partial_len) {
+        (Some(m), Some(len)) if m == wanted_meta && len <= size => return Ok(len),
+        (None, None) => return Ok(0),
+        _ => {}
+    }
+    tracing::info!(partial = %paths.partial.display(), "discarding a partial download of another or changed remote file");
+    for p in [&paths.partial, &paths.meta] {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(TransferError::local("remove stale", p, e)),
+        }
+    }
+    Ok(0)
+}
+
+fn available_space(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `stat` is a plain C struct written by the call.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // field widths differ between platforms
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The writer side: re-hashes the kept prefix, then appends and hashes each chunk in order.
+fn writer(
+    partial: PathBuf,
+    keep: u64,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<([u8; 32], u64), TransferError> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&partial)
+        .map_err(|e| TransferError::local("open", &partial, e))?;
+    file.set_len(keep)
+        .map_err(|e| TransferError::local("truncate", &partial, e))?;
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut hashed = 0u64;
+    while hashed < keep {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| TransferError::local("re-read", &partial, e))?;
+        if n == 0 {
+            break;
+        }
+        let n = n.min(usize::try_from(keep - hashed).unwrap_or(n));
+        ctx.update(&buf[..n]);
+        hashed += n as u64;
+    }
+    drop(buf);
+    file.seek(SeekFrom::Start(hashed))
+        .map_err(|e| TransferError::local("seek in", &partial, e))?;
+    let mut total = hashed;
+    while let Some(chunk) = rx.blocking_recv() {
+        file.write_all(&chunk)
+            .map_err(|e| TransferError::local("write", &partial, e))?;
+        ctx.update(&chunk);
+        total += chunk.len() as u64;
+    }
+    file.sync_all()
+        .map_err(|e| TransferError::local("fsync", &partial, e))?;
+    let mut sha = [0u8; 32];
+    sha.copy_from_slice(ctx.finish().as_ref());
+    Ok((sha, total))
+}
+
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_log: Instant,
+    base: u64,
+    size: u64,
+}
+
+impl Progress {
+    fn new(show_bar: bool, base: u64, size: u64) -> Self {
+        use std::io::IsTerminal;
+        let bar = (show_bar && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(size);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bytes}/{total_bytes} [{wide_bar}] {binary_bytes_per_sec} eta {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar.set_position(base);
+            bar
+        });
+        let now = Instant::now();
+        Progress {
+            bar,
+            started: now,
+            last_log: now,
+            base,
+            size,
+        }
+    }
+
+    fn update(&mut self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        } else if self.last_log.elapsed() >= LOG_INTERVAL {
+            self.last_log = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            let rate = (done - self.base) as f64 / secs;
+            tracing::info!(
+                bytes = done,
+                total = self.size,
+                rate_bytes_per_sec = rate as u64,
+                "pulling"
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub(crate) async fn pull_once(
+    s: &Session,
+    remote: &str,
+    local: &Path,
+    opts: &PullOptions,
+) -> Result<PullOutcome, TransferError> {
+    let handle = s.open_read(remote).await?;
+    let result = pull_open(s, &handle, remote, local, opts).await;
+    let _ = s.sftp.close(handle).await;
+    result
+}
+
+async fn pull_open(
+    s: &Session,
+    handle: &str,
+    remote: &str,
+    local: &Path,
+    opts: &PullOptions,
+) -> Result<PullOutcome, TransferError> {
+    let started = Instant::now();
+    let attrs = s
+        .sftp
+        .fstat(handle)
+        .await
+        .map_err(|e| s.remote_err("stat", remote, e))?
+        .attrs;
+    let Some(size) = attrs.size else {
+        return Err(TransferError::Remote {
+            op: "stat",
+            path: remote.to_string(),
+            message: "the server did not report a size".into(),
+        });
+    };
+    if let Some(expected) = opts.expected_size
+        && expected != size
+    {
+        return Err(TransferError::SizeMismatch {
+            path: remote.to_string(),
+            what: "the expected size",
+            expected,
+            actual: size,
+        });
+    }
+    let mtime = attrs.mtime;
+    let paths = local_paths(local)?;
+    let wanted_meta = meta_text(remote, size, mtime);
+    let keep = resume_point(&paths, &wanted_meta, size)?;
+
+    let available = available_space(&paths.dir)
+        .map_err(|e| TransferError::local("check free space in", &paths.dir, e))?;
+    let needed = (size - keep).saturating_add(opts.free_space_margin);
+    if available < needed {
+        return Err(TransferError::InsufficientSpace {
+            dir: paths.dir.clone(),
+            needed,
+            available,
+            margin: opts.free_space_margin,
+        });
+    }
+    if keep == 0 || !paths.meta.exists() {
+        write_synced(&paths.meta, &wanted_meta)
+            .map_err(|e| TransferError::local("write", &paths.meta, e))?;
+        sync_dir(&paths.dir).map_err(|e| TransferError::local("fsync", &paths.dir, e))?;
+    }
+    if keep > 0 {
+        tracing::info!(
+            remote,
+            resumed_bytes = keep,
+            size,
+            "resuming partial download"
+        );
+    }
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WRITER_QUEUE);
+    let partial = paths.partial.clone();
+    let writer = tokio::task::spawn_blocking(move || writer(partial, keep, rx));
+
+    let fetched = fetch(s, handle, remote, keep, size, opts, tx).await;
+    let written = writer.await.map_err(|e| {
+        TransferError::local(
+            "write",
+            &paths.partial,
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    // A failed write makes the reader stop too; the writer's error is the one that explains why.
+    let (sha256, total) = written?;
+    fetched?;
+
+    let after = s
+        .sftp
+        .fstat(handle)
+        .await
+        .map_err(|e| s.remote_err("stat", remote, e))?
+        .attrs;
+    if after.size != Some(size) || after.mtime != mtime {
+        return Err(TransferError::RemoteChanged {
+            path: remote.to_string(),
+        });
+    }
+    if total != size {
+        return Err(TransferError::SizeMismatch {
+            path: remote.to_string(),
+            what: "the remote size",
+            expected: size,
+            actual: total,
+        });
+    }
+
+    std::fs::rename(&paths.partial, local)
+        .map_err(|e| TransferError::local("rename into place", local, e))?;
+    match std::fs::remove_file(&paths.meta) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(TransferError::local("remove", &paths.meta, e)),
+    }
+    sync_dir(&paths.dir).map_err(|e| TransferError::local("fsync", &paths.dir, e))?;
+
+    Ok(PullOutcome {
+        size,
+        sha256,
+        duration: started.elapsed(),
+        resumed_bytes: keep,
+        attempts: 1,
+    })
+}
+
+/// Keeps `s.outstanding` reads in flight and hands the answers, in file order, to the writer.
+async fn fetch(
+    s: &Session,
+    handle: &str,
+    remote: &str,
+    start: u64,
+    size: u64,
+    opts: &PullOptions,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<(), TransferError> {
+    let mut progress = Progress::new(opts.progress, start, size);
+    let clock = tokio::time::Instant::now();
+    let mut next = start;
+    let mut done = start;
+    let mut inflight = FuturesOrdered::new();
+    let chunk = u64::from(s.read_size);
+    loop {
+        while inflight.len() < s.outstanding && next < size {
+            if let Some(limit) = opts.bandwidth_limit.filter(|l| *l > 0) {
+                let due = Duration::from_secs_f64((next - start) as f64 / limit as f64);
+                tokio::time::sleep_until(clock + due).await;
+            }
+            let len = (size - next).min(chunk) as u32;
+            let sftp = s.sftp.clone();
+            let h = handle.to_string();
+            let off = next;
+            inflight.push_back(async move { (off, len, sftp.read(h, off, len).await) });
+            next += u64::from(len);
+        }
+        let Some((off, len, result)) = inflight.next().await else {
+            break;
+        };
+        let mut data = match result {
+            Ok(d) => d.data,
+            Err(SftpError::Status(st)) if st.status_code == StatusCode::Eof => Vec::new(),
+            Err(e) => return Err(s.remote_err("read", remote, e)),
+        };
+        // Servers may answer with less than asked; fetch the gap before moving on so order holds.
+        while (data.len() as u64) < u64::from(len) {
+            let have = data.len() as u64;
+            let want = (u64::from(len) - have) as u32;
+            match s.sftp.read(handle, off + have, want).await {
+                Ok(d) if !d.data.is_empty() => data.extend_from_slice(&d.data),
+                Ok(_) => {
+                    return Err(TransferError::RemoteChanged {
+                        path: remote.to_string(),
+                    });
+                }
+                Err(SftpError::Status(st)) if st.status_code == StatusCode::Eof => {
+                    return Err(TransferError::RemoteChanged {
+                        path: remote.to_string(),
+                    });
+                }
+                Err(e) => return Err(s.remote_err("read", remote, e)),
+            }
+        }
+        done += data.len() as u64;
+        if tx.send(data).await.is_err() {
+            // The writer stopped; its own error is reported by the caller.
+            return Ok(());
+        }
+        progress.update(done);
+    }
+    progress.finish();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_and_meta_sit_beside_the_destination() {
+        let p = local_paths(Path::new("/a/b/backup.tar")).unwrap();
+        assert_eq!(p.partial, Path::new("/a/b/backup.tar.partial"));
+        assert_eq!(p.meta, Path::new("/a/b/backup.tar.partial.meta"));
+        assert_eq!(p.dir, Path::new("/a/b"));
+        assert_eq!(local_paths(Path::new("x.tar")).unwrap().dir, Path::new("."));
+        assert!(local_paths(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn stale_partial_of_a_changed_file_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = local_paths(&dir.path().join("f.tar")).unwrap();
+        std::fs::write(&paths.partial, b"12345").unwrap();
+        std::fs::write(&paths.meta, meta_text("/r/f.tar", 10, Some(1))).unwrap();
+        assert_eq!(
+            resume_point(&paths, &meta_text("/r/f.tar", 10, Some(1)), 10).unwrap(),
+            5
+        );
+        assert_eq!(
+            resume_point(&paths, &meta_text("/r/f.tar", 10, Some(2)), 10).unwrap(),
+            0
+        );
+        assert!(!paths.partial.exists() && !paths.meta.exists());
+    }
+}

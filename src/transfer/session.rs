@@ -1,0 +1,631 @@
+//! One authenticated SSH connection with an SFTP channel: connect, verify the host, log in, and the
+//! small remote operations (stat, list, peek into a tar). The bulk download lives in `pull.rs`.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, AuthResult};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh_sftp::client::RawSftpSession;
+use russh_sftp::client::error::Error as SftpError;
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+
+use super::hostkey::{self, HostKeyInfo, HostKeyPolicy, Verdict};
+use super::{SshTarget, TransferError};
+
+/// SSH and SFTP tuning for one connection. The defaults are what `pull` uses.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Limit for TCP connect plus SSH handshake and login.
+    pub connect_timeout: Duration,
+    /// How long one SFTP request may wait for its answer before the connection counts as dropped.
+    pub request_timeout: Duration,
+    /// SSH channel window (bytes the server may send ahead of our reading).
+    pub window_size: u32,
+    /// Read requests kept outstanding during a pull.
+    pub outstanding_reads: usize,
+    /// Size of one read request; capped by what the server announces.
+    pub read_size: u32,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            connect_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            window_size: 32 * 1024 * 1024,
+            outstanding_reads: 64,
+            read_size: 255 * 1024,
+        }
+    }
+}
+
+/// A private key, decrypted once and then reused for every (re)connection.
+#[derive(Clone)]
+pub struct Identity {
+    key: Arc<PrivateKey>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("path", &self.path)
+            .field("algorithm", &self.key.algorithm().to_string())
+            .finish()
+    }
+}
+
+/// Reads and (with `passphrase`) decrypts an OpenSSH private key. Ed25519 and ECDSA keys work;
+/// RSA keys are refused with a message saying so, since signing with them is not built in.
+pub fn load_identity(
+    path: &Path,
+    passphrase: Option<&crate::secret::Secret>,
+) -> Result<Identity, TransferError> {
+    let identity_err = |reason: String| TransferError::Identity {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| identity_err(e.to_string()))?;
+    let parsed = PrivateKey::from_openssh(text.trim()).map_err(|e| {
+        identity_err(format!(
+            "not an OpenSSH private key ({e}); convert it with `ssh-keygen -p -f`"
+        ))
+    })?;
+    let key = if parsed.is_encrypted() {
+        let Some(pass) = passphrase else {
+            return Err(TransferError::PassphraseRequired {
+                path: path.to_path_buf(),
+            });
+        };
+        parsed
+            .decrypt(pass.expose())
+            .map_err(|_| TransferError::WrongPassphrase {
+                path: path.to_path_buf(),
+            })?
+    } else {
+        parsed
+    };
+    if key.algorithm().is_rsa() {
+        return Err(identity_err(
+            "RSA keys are not supported; create an ed25519 key with `ssh-keygen -t ed25519`".into(),
+        ));
+    }
+    Ok(Identity {
+        key: Arc::new(key),
+        path: path.to_path_buf(),
+    })
+}
+
+/// Checks the server key against the policy; remembers why it refused so the caller can say so.
+struct Client {
+    host: String,
+    port: u16,
+    policy: Option<HostKeyPolicy>,
+    rejection: Arc<Mutex<Option<TransferError>>>,
+    seen: Arc<Mutex<Option<PublicKey>>>,
+}
+
+impl Client {
+    fn check(&self, key: &PublicKey) -> Result<(), TransferError> {
+        let info = HostKeyInfo::new(&self.host, self.port, key);
+        match &self.policy {
+            None => Err(TransferError::UnknownHost {
+                host_port: info.host_port,
+                fingerprint: info.fingerprint,
+                known_hosts_line: info.known_hosts_line,
+                path: PathBuf::from("(scan only)"),
+            }),
+            Some(HostKeyPolicy::Pinned(pins)) => {
+                if hostkey::pinned_match(pins, key) {
+                    Ok(())
+                } else {
+                    Err(TransferError::HostKeyNotPinned {
+                        host_port: info.host_port,
+                        fingerprint: info.fingerprint,
+                        pinned: pins.join(", "),
+                    })
+                }
+            }
+            Some(HostKeyPolicy::KnownHosts {
+                path,
+                trust_on_first_use,
+            }) => {
+                let verdict = match hostkey::check_known_hosts(path, &self.host, self.port, key) {
+                    Err(TransferError::KnownHostsUnreadable { source, .. })
+                        if *trust_on_first_use && source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        Verdict::Unknown
+                    }
+                    other => other?,
+                };
+                match verdict {
+                    Verdict::Trusted => Ok(()),
+                    Verdict::Changed { line, algorithm } => Err(TransferError::HostKeyChanged {
+                        host_port: info.host_port,
+                        fingerprint: info.fingerprint,
+                        algorithm,
+                        path: path.clone(),
+                        line,
+                    }),
+                    Verdict::Unknown if *trust_on_first_use => {
+                        hostkey::append_known_host(path, &info)?;
+                        tracing::warn!(
+                            host = %info.host_port,
+                            fingerprint = %info.fingerprint,
+                            known_hosts = %path.display(),
+                            "trusting host key on first use"
+                        );
+                        Ok(())
+                    }
+                    Verdict::Unknown => Err(TransferError::UnknownHost {
+                        host_port: info.host_port,
+                        fingerprint: info.fingerprint,
+                        known_hosts_line: info.known_hosts_line,
+                        path: path.clone(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            // Host certificates are never advertised, so this is a protocol surprise: refuse.
+            return Ok(false);
+        };
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(key.clone());
+        }
+        match self.check(key) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                if let Ok(mut slot) = self.rejection.lock() {
+                    *slot = Some(e);
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+fn ssh_config(opts: &SessionOptions, key_algorithms: &[String]) -> client::Config {
+    // Fast AEAD ciphers first: AES-GCM uses the CPU's AES instructions.
+    let mut preferred = russh::Preferred {
+        cipher: Cow::Owned(vec![
+            russh::cipher::AES_256_GCM,
+            russh::cipher::AES_128_GCM,
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_256_CTR,
+            russh::cipher::AES_128_CTR,
+        ]),
+        ..russh::Preferred::default()
+    };
+    if !key_algorithms.is_empty() {
+        // Ask first for a host key type that known_hosts can vouch for, as OpenSSH does; otherwise a
+        // host with an ed25519 and an ECDSA key would look "unknown" when only one was recorded.
+        let family = |a: &russh::keys::Algorithm| {
+            let s = a.to_string();
+            if a.clone().is_rsa() {
+                "ssh-rsa".to_string()
+            } else {
+                s
+            }
+        };
+        let mut keys: Vec<_> = preferred.key.to_vec();
+        keys.sort_by_key(|a| !key_algorithms.contains(&family(a)));
+        preferred.key = Cow::Owned(keys);
+    }
+    client::Config {
+        window_size: opts.window_size,
+        maximum_packet_size: 65535,
+        channel_buffer_size: 256,
+        preferred,
+        nodelay: true,
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
+        ..Default::default()
+    }
+}
+
+async fn handshake(
+    host: &str,
+    port: u16,
+    policy: Option<HostKeyPolicy>,
+    opts: &SessionOptions,
+) -> Result<(client::Handle<Client>, Arc<Mutex<Option<PublicKey>>>), TransferError> {
+    let key_algorithms = match &policy {
+        Some(HostKeyPolicy::KnownHosts { path, .. }) => hostkey::known_algorithms(path, host, port),
+        _ => Vec::new(),
+    };
+    let config = Arc::new(ssh_config(opts, &key_algorithms));
+    let rejection = Arc::new(Mutex::new(None));
+    let seen = Arc::new(Mutex::new(None));
+    let handler = Client {
+        host: host.to_string(),
+        port,
+        policy,
+        rejection: rejection.clone(),
+        seen: seen.clone(),
+    };
+    let socket = tokio::time::timeout(
+        opts.connect_timeout,
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| TransferError::Connect {
+        host: host.to_string(),
+        port,
+        source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+    })?
+    .map_err(|source| TransferError::Connect {
+        host: host.to_string(),
+        port,
+        source,
+    })?;
+    let _ = socket.set_nodelay(true);
+    let result = tokio::time::timeout(
+        opts.connect_timeout,
+        client::connect_stream(config, socket, handler),
+    )
+    .await;
+    let taken = rejection.lock().ok().and_then(|mut r| r.take());
+    if let Some(refusal) = taken {
+        return Err(refusal);
+    }
+    match result {
+        Ok(Ok(handle)) => Ok((handle, seen)),
+        Ok(Err(e)) => Err(disconnected(host, port, e.to_string())),
+        Err(_) => Err(disconnected(host, port, "SSH handshake timed out".into())),
+    }
+}
+
+fn disconnected(host: &str, port: u16, message: String) -> TransferError {
+    TransferError::Disconnected {
+        host: host.to_string(),
+        port,
+        message,
+    }
+}
+
+/// Connects to `host:port` and reports the host key it presents, without trusting or logging in.
+/// Compare the fingerprint with the one the host shows (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`)
+/// before adding the line to known_hosts.
+pub async fn scan_host_key(host: &str, port: u16) -> Result<HostKeyInfo, TransferError> {
+    match handshake(host, port, None, &SessionOptions::default()).await {
+        Err(TransferError::UnknownHost {
+            host_port,
+            fingerprint,
+            known_hosts_line,
+            ..
+        }) => {
+            let algorithm = known_hosts_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            Ok(HostKeyInfo {
+                host_port,
+                algorithm,
+                fingerprint,
+                known_hosts_line,
+            })
+        }
+        Err(e) => Err(e),
+        Ok(_) => Err(disconnected(
+            host,
+            port,
+            "server accepted a scan-only handshake".into(),
+        )),
+    }
+}
+
+/// Metadata of a remote file or directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    /// The entry's name as the server sent it (untrusted: validate before using it locally).
+    pub name: String,
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: Option<u64>,
+    pub is_file: bool,
+}
+
+/// An open, authenticated SFTP session. Cheap operations go straight through; a dropped connection
+/// surfaces as a transient [`TransferError`]; reconnecting is the caller's choice (see [`super::pull`]).
+pub struct Session {
+    ssh: client::Handle<Client>,
+    pub(crate) sftp: Arc<RawSftpSession>,
+    pub(crate) user: String,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) read_size: u32,
+    pub(crate) outstanding: usize,
+}
+
+impl Session {
+    /// Loads the identity and connects. To reconnect repeatedly, load the identity once with
+    /// [`load_identity`] and use [`Session::connect_with`].
+    pub async fn connect(
+        target: &SshTarget,
+        opts: &SessionOptions,
+    ) -> Result<Session, TransferError> {
+        let identity = load_identity(&target.identity_file, target.passphrase.as_ref())?;
+        Session::connect_with(target, &identity, opts).await
+    }
+
+    /// Connects, verifies the host key, logs in with `identity` and opens the SFTP subsystem.
+    pub async fn connect_with(
+        target: &SshTarget,
+        identity: &Identity,
+        opts: &SessionOptions,
+    ) -> Result<Session, TransferError> {
+        let (host, port) = (target.host.as_str(), target.port);
+        let (mut ssh, _) = handshake(host, port, Some(target.host_keys.clone()), opts).await?;
+        let lost = |e: russh::Error| disconnected(host, port, e.to_string());
+        let hash = ssh.best_supported_rsa_hash().await.map_err(lost)?.flatten();
+        let auth = ssh
+            .authenticate_publickey(
+                &target.user,
+                PrivateKeyWithHashAlg::new(identity.key.clone(), hash),
+            )
+            .await
+            .map_err(lost)?;
+        if !matches!(auth, AuthResult::Success) {
+            return Err(TransferError::AuthRefused {
+                user: target.user.clone(),
+                host: host.to_string(),
+                port,
+                key_file: identity.path.clone(),
+            });
+        }
+        let channel = ssh.channel_open_session().await.map_err(lost)?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(lost)?;
+        let cfg = russh_sftp::client::Config {
+            max_packet_len: 256 * 1024 + 1024,
+            request_timeout_secs: opts.request_timeout.as_secs().max(1),
+            ..Default::default()
+        };
+        let mut sftp = RawSftpSession::new_with_config(channel.into_stream(), cfg);
+        tokio::time::timeout(opts.connect_timeout, sftp.init())
+            .await
+            .map_err(|_| disconnected(host, port, "SFTP subsystem did not answer".into()))?
+            .map_err(|e| {
+                disconnected(host, port, format!("SFTP subsystem failed to start: {e}"))
+            })?;
+        let mut read_size = opts.read_size.max(1);
+        if let Ok(limits) = sftp.limits().await {
+            if limits.max_read_len > 0 {
+                read_size = read_size.min(u32::try_from(limits.max_read_len).unwrap_or(u32::MAX));
+            }
+            sftp.set_limits(limits.into());
+        } else {
+            // Servers without the limits extension are only promised 32 KiB reads.
+            read_size = read_size.min(32 * 1024);
+        }
+        Ok(Session {
+            ssh,
+            sftp: Arc::new(sftp),
+            user: target.user.clone(),
+            host: host.to_string(),
+            port,
+            read_size,
+            outstanding: opts.outstanding_reads.max(1),
+        })
+    }
+
+    pub(crate) fn remote_err(&self, op: &'static str, path: &str, e: SftpError) -> TransferError {
+        match e {
+            SftpError::Status(s) => match s.status_code {
+                StatusCode::PermissionDenied => TransferError::PermissionDenied {
+                    user: self.user.clone(),
+                    op,
+                    path: path.to_string(),
+                },
+                StatusCode::NoSuchFile => TransferError::NotFound {
+                    host: self.host.clone(),
+                    op,
+                    path: path.to_string(),
+                },
+                StatusCode::NoConnection | StatusCode::ConnectionLost => {
+                    disconnected(&self.host, self.port, s.error_message)
+                }
+                _ => TransferError::Remote {
+                    op,
+                    path: path.to_string(),
+                    message: format!("{}: {}", s.status_code, s.error_message),
+                },
+            },
+            SftpError::Limited(m) => TransferError::Remote {
+                op,
+                path: path.to_string(),
+                message: m,
+            },
+            other => disconnected(&self.host, self.port, other.to_string()),
+        }
+    }
+
+    /// Size, modification time and type of a remote path (symlinks followed).
+    pub async fn stat(&self, path: &str) -> Result<RemoteEntry, TransferError> {
+        let attrs = self
+            .sftp
+            .stat(path)
+            .await
+            .map_err(|e| self.remote_err("stat", path, e))?
+            .attrs;
+        Ok(entry(path.rsplit('/').next().unwrap_or(path), &attrs))
+    }
+
+    /// The entries of a remote directory, without `.` and `..`.
+    pub async fn list_dir(&self, path: &str) -> Result<Vec<RemoteEntry>, TransferError> {
+        let handle = self
+            .sftp
+            .opendir(path)
+            .await
+            .map_err(|e| self.remote_err("list", path, e))?
+            .handle;
+        let mut out = Vec::new();
+        let result = loop {
+            match self.sftp.readdir(handle.as_str()).await {
+                Ok(name) => out.extend(
+                    name.files
+                        .iter()
+                        .filter(|f| f.filename != "." && f.filename != "..")
+                        .map(|f| entry(&f.filename, &f.attrs)),
+                ),
+                Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => break Ok(out),
+                Err(e) => break Err(self.remote_err("list", path, e)),
+            }
+        };
+        let _ = self.sftp.close(handle).await;
+        result
+    }
+
+    /// Reads the body of the FIRST entry of the uncompressed tar archive at `path` if it is named
+    /// `member` (a leading `./` is ignored on both sides), without downloading the rest. Fails if the
+    /// first entry has another name, is not a regular file, or is longer than `max_len`.
+    pub async fn read_tar_member(
+        &self,
+        path: &str,
+        member: &str,
+        max_len: u64,
+    ) -> Result<Vec<u8>, TransferError> {
+        let tar_err = |reason: String| TransferError::TarMember {
+            path: path.to_string(),
+            reason,
+        };
+        let handle = self.open_read(path).await?;
+        let result = async {
+            let header_bytes = self.read_exact_at(&handle, path, 0, 512).await?;
+            let mut block = [0u8; 512];
+            if header_bytes.len() != 512 {
+                return Err(tar_err(format!(
+                    "not a tar archive: only {} bytes long",
+                    header_bytes.len()
+                )));
+            }
+            block.copy_from_slice(&header_bytes);
+            let header = tar::Header::from_byte_slice(&block);
+            let stored_sum = header.cksum().map_err(|_| tar_err("not a tar archive: bad header".into()))?;
+            let computed: u32 = block
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u32::from(*b) })
+                .sum();
+            if stored_sum != computed {
+                return Err(tar_err("not a tar archive: header checksum mismatch".into()));
+            }
+            let name = header
+                .path()
+                .map_err(|e| tar_err(format!("first entry has an unreadable name: {e}")))?;
+            let name = name.to_string_lossy().into_owned();
+            let strip = |s: &str| s.trim_start_matches("./").to_string();
+            if strip(&name) != strip(member) {
+                return Err(tar_err(format!(
+                    "first entry is {name:?}, not {member:?}; this archive does not start as expected"
+                )));
+            }
+            if !header.entry_type().is_file() {
+                return Err(tar_err(format!("first entry {name:?} is not a regular file")));
+            }
+            let size = header
+                .entry_size()
+                .map_err(|_| tar_err(format!("first entry {name:?} has an unreadable size")))?;
+            if size > max_len {
+                return Err(tar_err(format!(
+                    "first entry {name:?} is {size} bytes, more than the {max_len} allowed"
+                )));
+            }
+            let body = self.read_exact_at(&handle, path, 512, size).await?;
+            if body.len() as u64 != size {
+                return Err(tar_err(format!(
+                    "archive ends inside its first entry {name:?} ({} of {size} bytes)",
+                    body.len()
+                )));
+            }
+            Ok(body)
+        }
+        .await;
+        let _ = self.sftp.close(handle).await;
+        result
+    }
+
+    pub(crate) async fn open_read(&self, path: &str) -> Result<String, TransferError> {
+        Ok(self
+            .sftp
+            .open(path, OpenFlags::READ, FileAttributes::default())
+            .await
+            .map_err(|e| self.remote_err("read", path, e))?
+            .handle)
+    }
+
+    /// Reads up to `len` bytes from `offset`, fewer only at end of file.
+    async fn read_exact_at(
+        &self,
+        handle: &str,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, TransferError> {
+        let mut out = Vec::with_capacity(usize::try_from(len.min(1 << 20)).unwrap_or(0));
+        while (out.len() as u64) < len {
+            let want = (len - out.len() as u64).min(u64::from(self.read_size)) as u32;
+            match self
+                .sftp
+                .read(handle, offset + out.len() as u64, want)
+                .await
+            {
+                Ok(data) if data.data.is_empty() => break,
+                Ok(data) => out.extend_from_slice(&data.data),
+                Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => break,
+                Err(e) => return Err(self.remote_err("read", path, e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pulls `remote` to `local` over this session (one attempt; resumes a matching `.partial`).
+    /// See [`super::pull`] for the version that reconnects and retries.
+    pub async fn pull(
+        &self,
+        remote: &str,
+        local: &Path,
+        opts: &super::PullOptions,
+    ) -> Result<super::PullOutcome, TransferError> {
+        let started = std::time::Instant::now();
+        let mut outcome = super::pull::pull_once(self, remote, local, opts).await?;
+        outcome.duration = started.elapsed();
+        Ok(outcome)
+    }
+
+    /// Ends the session politely.
+    pub async fn close(self) {
+        let _ = self.sftp.close_session();
+        let _ = self
+            .ssh
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+fn entry(name: &str, attrs: &FileAttributes) -> RemoteEntry {
+    RemoteEntry {
+        name: name.to_string(),
+        size: attrs.size.unwrap_or(0),
+        mtime: attrs.mtime.map(u64::from),
+        is_file: attrs.is_regular(),
+    }
+}
