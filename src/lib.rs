@@ -5,6 +5,7 @@
 //! [`store`], record every step in the tamper-evident [`audit`] log, and only then clean up.
 
 pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod ha;
 pub mod secret;
