@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand. This is the only layer (with `main.rs`) that uses
 //! `anyhow` and prints for humans; it turns validated config into the options of the library's modules.
 
+pub mod audit;
 mod check;
 mod events;
 
