@@ -328,6 +328,11 @@ fn check_inner<R: Read>(
             walk_inner_tar(data)
         }
     };
+    // A short outer file is the more useful diagnosis than whatever the decoder tripped over first,
+    // so on an inner failure read on to the end of the member to see whether it is all there.
+    if result.is_err() && !outer.was_truncated() {
+        let _ = outer.skip_rest();
+    }
     match result {
         Ok(()) => Ok(()),
         Err(_) if outer.was_truncated() => Err(ArchiveError::Outer(TarError::Truncated {

@@ -115,7 +115,20 @@ pub struct StoredArchive {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreProblem {
     pub path: PathBuf,
+    pub kind: ProblemKind,
+    /// What is wrong, for a person.
     pub problem: String,
+}
+
+/// The kinds of [`StoreProblem`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// A manifest that cannot be read or does not describe the archive beside it.
+    UnreadableManifest,
+    /// A manifest whose archive is not there.
+    MissingArchive,
+    /// An archive with no manifest: not listed, not verified, never pruned.
+    MissingManifest,
 }
 
 impl std::fmt::Display for StoreProblem {
@@ -433,12 +446,14 @@ impl Store {
                         } else {
                             listing.problems.push(StoreProblem {
                                 path: manifest_path,
+                                kind: ProblemKind::MissingArchive,
                                 problem: format!("its archive {archive_name} is missing"),
                             });
                         }
                     }
                     Err(problem) => listing.problems.push(StoreProblem {
                         path: manifest_path,
+                        kind: ProblemKind::UnreadableManifest,
                         problem,
                     }),
                 }
@@ -447,6 +462,7 @@ impl Store {
             {
                 listing.problems.push(StoreProblem {
                     path: dir.join(name),
+                    kind: ProblemKind::MissingManifest,
                     problem: "archive without a manifest (not listed, not verified, never pruned)"
                         .to_owned(),
                 });
@@ -584,8 +600,7 @@ impl Store {
         for p in &listing.problems {
             // Only a manifest whose archive is missing is removed: it is what a crash between
             // writing the manifest and placing the archive leaves. Archives are never removed here.
-            if p.path.extension().is_some_and(|e| e == "json") && p.problem.ends_with("is missing")
-            {
+            if p.kind == ProblemKind::MissingArchive {
                 warn!(path = %p.path.display(), "removing manifest of an archive that is not there");
                 remove_if_present(&p.path)?;
                 fsync_parent(&p.path)?;
