@@ -932,7 +932,7 @@ proptest! {
         prop_assert!(kept_ids(&archives, &policy, &tz).contains(&newest));
         let decisions = plan(&archives, &policy, &tz);
         prop_assert_eq!(decisions.len(), archives.len());
-        prop_assert!(decisions.iter().all(|d| d.keep == !d.reasons.is_empty()));
+        prop_assert!(decisions.iter().all(|d| d.keep != d.reasons.is_empty()));
     }
 
     #[test]
@@ -976,4 +976,83 @@ proptest! {
             prop_assert!(after.contains(id), "{} kept by {:?} but not by {:?}", id, policy, more);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Archives written the way Home Assistant writes them
+
+/// Builds a backup with Python's `tarfile`, the library Home Assistant itself uses: pax format, a
+/// `./backup.json` member added with `addfile`, an inner `w:gz` archive with long and non-ASCII
+/// names (which need pax headers), and the 10 KiB record padding Python adds at the end.
+#[test]
+fn archive_written_by_python_tarfile_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("py.tar");
+    let script = r#"
+import io, json, sys, tarfile, time
+out = sys.argv[1]
+meta = {"slug": "0c1a2b3d", "name": "Automatic backup 2026.11.0", "date": "2026-11-26T03:45:12.000001+01:00",
+        "protected": False, "compressed": True, "type": "partial", "version": 2,
+        "homeassistant": {"version": "2026.11.0", "exclude_database": False}, "extra": {}}
+inner = io.BytesIO()
+with tarfile.open(fileobj=inner, mode="w:gz", format=tarfile.PAX_FORMAT) as t:
+    for name, data in [("data/configuration.yaml", b"homeassistant:\n"),
+                       ("data/" + "deep/" * 30 + "file.txt", b"x" * 3000),
+                       ("data/www/b\u00fchne.png", bytes(range(256)) * 40)]:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = time.time()
+        t.addfile(info, io.BytesIO(data))
+with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as outer:
+    raw = json.dumps(meta).encode()
+    info = tarfile.TarInfo("./backup.json")
+    info.size = len(raw)
+    info.mtime = int(time.time())
+    outer.addfile(info, io.BytesIO(raw))
+    data = inner.getvalue()
+    info = tarfile.TarInfo("./homeassistant.tar.gz")
+    info.size = len(data)
+    outer.addfile(info, io.BytesIO(data))
+"#;
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&out)
+        .status()
+        .expect("python3 is needed to build an archive the way Home Assistant does");
+    assert!(status.success());
+    let bytes = fs::read(&out).unwrap();
+    assert_eq!(bytes.len() % 10240, 0, "Python pads to whole records");
+
+    let s = verify_file(&out, "0c1a2b3d", Verify::Full).unwrap();
+    assert_eq!(s.deep_checked, ["./homeassistant.tar.gz"]);
+    assert_eq!(s.sha256, sha256(&bytes));
+    assert_eq!(
+        s.backup.timestamp().unwrap(),
+        "2026-11-26T02:45:12.000001Z".parse::<Timestamp>().unwrap()
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let stored = store
+        .commit(
+            &out,
+            &CommitInfo {
+                backup_id: "0c1a2b3d".to_owned(),
+                size: bytes.len() as u64,
+                sha256: sha256(&bytes),
+                pulled_at: "2026-11-26T02:50:00Z".parse().unwrap(),
+                source_host: "ha".to_owned(),
+                source_path:
+                    "/var/lib/hass/backups/Automatic_backup_2026.11.0_2026-11-26_03.45_12000001.tar"
+                        .to_owned(),
+                verify: Verify::Full,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        stored.relative_path,
+        "2026/11/2026-11-26T02-45-12Z_Automatic-backup-2026-11-0_0c1a2b3d.tar"
+    );
+    sha256sum_check(tmp.path());
 }
