@@ -162,8 +162,15 @@ fn names_without_dot_slash_and_supervisor_members_are_accepted() {
 #[test]
 fn truncated_archive_fails_in_both_modes() {
     let bytes = ha_archive("dcc25121", "x", DATE);
-    // Inside backup.json, inside the inner archive, and just before the end-of-archive blocks.
-    for cut in [700, bytes.len() / 2, bytes.len() - 1024, bytes.len() - 1] {
+    // Inside backup.json, inside the inner archive, before either end-of-archive block, between
+    // them, and one byte short.
+    for cut in [
+        700,
+        bytes.len() / 2,
+        bytes.len() - 1024,
+        bytes.len() - 512,
+        bytes.len() - 1,
+    ] {
         for mode in [Verify::Full, Verify::Structure] {
             match check(&bytes[..cut], "dcc25121", mode) {
                 Err(ArchiveError::Outer(

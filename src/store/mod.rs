@@ -24,9 +24,9 @@
 //! One process should write to a store at a time. All I/O is blocking; async callers should use
 //! `tokio::task::spawn_blocking`.
 
-pub mod archive;
+mod archive;
 mod names;
-pub mod retention;
+mod retention;
 mod tar_stream;
 
 use std::fs::{self, File, OpenOptions};
@@ -41,8 +41,9 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use archive::{
-    ArchiveError, ArchiveSummary, BackupJson, HomeAssistantPart, MemberInfo, TarError, Verify,
-    parse_backup_json_from_tar_prefix, verify_file,
+    ArchiveError, ArchiveSummary, BackupJson, HomeAssistantPart, MAX_BACKUP_JSON,
+    MAX_OUTER_MEMBERS, MemberInfo, TarError, Verify, parse_backup_json,
+    parse_backup_json_from_tar_prefix, verify_file, verify_reader,
 };
 pub use names::{MAX_COMPONENT_BYTES, NameError, safe_component, sanitize_for_filename};
 pub use retention::{Decision, RetentionPolicy, plan};
