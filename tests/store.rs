@@ -1063,3 +1063,50 @@ with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as outer:
     );
     sha256sum_check(tmp.path());
 }
+
+/// Unmounts on drop, so a failing assertion does not leave a mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_read_only_store_can_still_be_listed_and_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("s");
+    let store = Store::open(&root).unwrap();
+    let p = pulled(tmp.path(), "dcc25121", "x", DATE, "2026-11-26T09:08:02Z");
+    let stored = store.commit(&p.path, &p.info).unwrap();
+    let stray = stored.path.with_file_name(".hapull-tmp-leftover.1");
+    fs::write(&stray, b"x").unwrap();
+
+    // A read-only bind mount of the same store (this needs root, as the transfer tests' tmpfs does).
+    let ro = tmp.path().join("ro");
+    fs::create_dir(&ro).unwrap();
+    let ok = Command::new("mount")
+        .arg("--bind")
+        .arg(&root)
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount --bind failed: run the tests as root");
+    let _guard = Mounted(ro.clone());
+    let ok = Command::new("mount")
+        .args(["-o", "remount,ro,bind"])
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "remounting read-only failed");
+
+    let ro_store = Store::open(&ro).unwrap();
+    let listed = ro_store.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(ro_store.verify(&listed[0]).unwrap().is_ok());
+    assert!(
+        stray.exists(),
+        "nothing was changed through the read-only mount"
+    );
+}

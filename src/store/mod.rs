@@ -239,7 +239,8 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating it with mode 0700 if missing) the store at `dir`, removes leftovers of an
-    /// interrupted commit or removal, and brings `SHA256SUMS` in line with the manifests.
+    /// interrupted commit or removal, and brings `SHA256SUMS` in line with the manifests. Without
+    /// write permission the store still opens, for reading, and that repair is skipped.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
         let root = dir.as_ref().to_owned();
         if !root.is_dir() {
@@ -250,8 +251,18 @@ impl Store {
                 .map_err(io_err("create the store directory", &root))?;
         }
         let store = Store { root };
-        store.recover()?;
-        Ok(store)
+        match store.recover() {
+            // Someone who may only read the store (`hapull list` or `verify` as another user, a
+            // read-only mount) can still use it; the next writer repairs it.
+            Err(StoreError::Io { source, path, .. })
+                if source.kind() == io::ErrorKind::PermissionDenied
+                    || source.raw_os_error() == Some(libc::EROFS) =>
+            {
+                warn!(path = %path.display(), "store is read-only here; leftovers not cleaned up");
+                Ok(store)
+            }
+            other => other.map(|()| store),
+        }
     }
 
     pub fn root(&self) -> &Path {
