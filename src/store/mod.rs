@@ -344,7 +344,7 @@ impl Store {
         let utc = ha_date.to_zoned(TimeZone::UTC);
         if !(1000..=9999).contains(&utc.year()) {
             return Err(StoreError::DateOutOfRange {
-                date: summary.backup.date.clone(),
+                date: tar_stream::shown(&summary.backup.date),
             });
         }
         let stem = names::archive_stem(ha_date, &summary.backup.name, &backup_id)?;
