@@ -277,6 +277,17 @@ pub fn parse_backup_json_from_tar_prefix(bytes: &[u8]) -> Result<BackupJson, Arc
     }
 }
 
+/// Parses the body of a `backup.json` (e.g. a member already read from a remote archive).
+pub fn parse_backup_json(bytes: &[u8]) -> Result<BackupJson, ArchiveError> {
+    if bytes.len() as u64 > MAX_BACKUP_JSON {
+        return Err(ArchiveError::BackupJsonTooLarge {
+            size: bytes.len() as u64,
+            limit: MAX_BACKUP_JSON,
+        });
+    }
+    serde_json::from_slice(bytes).map_err(ArchiveError::BackupJsonInvalid)
+}
+
 fn plain_name(name: &str) -> &str {
     name.strip_prefix("./").unwrap_or(name)
 }
@@ -310,7 +321,7 @@ fn read_backup_json<R: Read>(
             }
         }));
     }
-    serde_json::from_slice(&data).map_err(ArchiveError::BackupJsonInvalid)
+    parse_backup_json(&data)
 }
 
 /// Reads an inner archive member to its end: gunzip (when `gzip`) and walk its tar headers, skipping
@@ -328,6 +339,11 @@ fn check_inner<R: Read>(
             walk_inner_tar(data)
         }
     };
+    // A short outer file is the more useful diagnosis than whatever the decoder tripped over first,
+    // so on an inner failure read on to the end of the member to see whether it is all there.
+    if result.is_err() && !outer.was_truncated() {
+        let _ = outer.skip_rest();
+    }
     match result {
         Ok(()) => Ok(()),
         Err(_) if outer.was_truncated() => Err(ArchiveError::Outer(TarError::Truncated {
@@ -371,7 +387,7 @@ fn describe_inner(e: TarError, gzip: bool) -> String {
 }
 
 /// Lowercase hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

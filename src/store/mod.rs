@@ -24,9 +24,9 @@
 //! One process should write to a store at a time. All I/O is blocking; async callers should use
 //! `tokio::task::spawn_blocking`.
 
-pub mod archive;
+mod archive;
 mod names;
-pub mod retention;
+mod retention;
 mod tar_stream;
 
 use std::fs::{self, File, OpenOptions};
@@ -41,8 +41,9 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use archive::{
-    ArchiveError, ArchiveSummary, BackupJson, HomeAssistantPart, MemberInfo, TarError, Verify,
-    parse_backup_json_from_tar_prefix, verify_file,
+    ArchiveError, ArchiveSummary, BackupJson, HomeAssistantPart, MAX_BACKUP_JSON,
+    MAX_OUTER_MEMBERS, MemberInfo, TarError, Verify, parse_backup_json,
+    parse_backup_json_from_tar_prefix, verify_file, verify_reader,
 };
 pub use names::{MAX_COMPONENT_BYTES, NameError, safe_component, sanitize_for_filename};
 pub use retention::{Decision, RetentionPolicy, plan};
@@ -115,7 +116,20 @@ pub struct StoredArchive {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreProblem {
     pub path: PathBuf,
+    pub kind: ProblemKind,
+    /// What is wrong, for a person.
     pub problem: String,
+}
+
+/// The kinds of [`StoreProblem`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// A manifest that cannot be read or does not describe the archive beside it.
+    UnreadableManifest,
+    /// A manifest whose archive is not there.
+    MissingArchive,
+    /// An archive with no manifest: not listed, not verified, never pruned.
+    MissingManifest,
 }
 
 impl std::fmt::Display for StoreProblem {
@@ -225,7 +239,8 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating it with mode 0700 if missing) the store at `dir`, removes leftovers of an
-    /// interrupted commit or removal, and brings `SHA256SUMS` in line with the manifests.
+    /// interrupted commit or removal, and brings `SHA256SUMS` in line with the manifests. Without
+    /// write permission the store still opens, for reading, and that repair is skipped.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
         let root = dir.as_ref().to_owned();
         if !root.is_dir() {
@@ -236,8 +251,18 @@ impl Store {
                 .map_err(io_err("create the store directory", &root))?;
         }
         let store = Store { root };
-        store.recover()?;
-        Ok(store)
+        match store.recover() {
+            // Someone who may only read the store (`hapull list` or `verify` as another user, a
+            // read-only mount) can still use it; the next writer repairs it.
+            Err(StoreError::Io { source, path, .. })
+                if source.kind() == io::ErrorKind::PermissionDenied
+                    || source.raw_os_error() == Some(libc::EROFS) =>
+            {
+                warn!(path = %path.display(), "store is read-only here; leftovers not cleaned up");
+                Ok(store)
+            }
+            other => other.map(|()| store),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -319,7 +344,7 @@ impl Store {
         let utc = ha_date.to_zoned(TimeZone::UTC);
         if !(1000..=9999).contains(&utc.year()) {
             return Err(StoreError::DateOutOfRange {
-                date: summary.backup.date.clone(),
+                date: tar_stream::shown(&summary.backup.date),
             });
         }
         let stem = names::archive_stem(ha_date, &summary.backup.name, &backup_id)?;
@@ -433,12 +458,14 @@ impl Store {
                         } else {
                             listing.problems.push(StoreProblem {
                                 path: manifest_path,
+                                kind: ProblemKind::MissingArchive,
                                 problem: format!("its archive {archive_name} is missing"),
                             });
                         }
                     }
                     Err(problem) => listing.problems.push(StoreProblem {
                         path: manifest_path,
+                        kind: ProblemKind::UnreadableManifest,
                         problem,
                     }),
                 }
@@ -447,6 +474,7 @@ impl Store {
             {
                 listing.problems.push(StoreProblem {
                     path: dir.join(name),
+                    kind: ProblemKind::MissingManifest,
                     problem: "archive without a manifest (not listed, not verified, never pruned)"
                         .to_owned(),
                 });
@@ -584,8 +612,7 @@ impl Store {
         for p in &listing.problems {
             // Only a manifest whose archive is missing is removed: it is what a crash between
             // writing the manifest and placing the archive leaves. Archives are never removed here.
-            if p.path.extension().is_some_and(|e| e == "json") && p.problem.ends_with("is missing")
-            {
+            if p.kind == ProblemKind::MissingArchive {
                 warn!(path = %p.path.display(), "removing manifest of an archive that is not there");
                 remove_if_present(&p.path)?;
                 fsync_parent(&p.path)?;

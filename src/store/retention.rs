@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use super::StoredArchive;
 
-/// How many archives of each kind to keep. A rule at 0 is off.
+/// How many archives of each kind to keep. A rule at 0 is off. Deserializes from the `keep_*` keys
+/// of the `[store]` table (no `deny_unknown_fields`, so it can be `#[serde(flatten)]`ed there).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct RetentionPolicy {
     pub keep_last: u32,
     pub keep_hourly: u32,

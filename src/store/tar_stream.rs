@@ -258,7 +258,7 @@ impl<R: Read> TarStream<R> {
     }
 
     /// Discards what is left of the current member's data and padding.
-    fn skip_rest(&mut self) -> Result<(), TarError> {
+    pub fn skip_rest(&mut self) -> Result<(), TarError> {
         let mut left = self.remaining + self.padding;
         if left == 0 {
             return Ok(());
