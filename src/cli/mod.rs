@@ -3,7 +3,11 @@
 
 pub mod audit;
 mod check;
+mod context;
 mod events;
+mod once;
+mod store_cmds;
+mod trust_host;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +62,19 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print Home Assistant events as JSON lines until interrupted.
     Events(events::EventsArgs),
+    /// Run one backup cycle now: create, await, pull, verify, commit, clean up. Exit 0 only when an
+    /// archive was committed.
+    Once(once::OnceArgs),
+    /// Pull a backup Home Assistant already has, without creating one.
+    Pull(once::PullArgs),
+    /// List the archives in the local store (or, with --remote, Home Assistant's backups).
+    List(store_cmds::ListArgs),
+    /// Re-hash local archives against their manifests.
+    Verify(store_cmds::VerifyArgs),
+    /// Apply the local retention rules, showing what goes and why.
+    Prune(store_cmds::PruneArgs),
+    /// Show the SSH server's host key fingerprint, to compare and pin it.
+    TrustHost(trust_host::TrustHostArgs),
 }
 
 /// Sets up tracing on standard error.
@@ -87,6 +104,12 @@ pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Check(args) => check::run(&cli.global, args).await,
         Command::Events(args) => events::run(&cli.global, args).await,
+        Command::Once(args) => once::run_once(&cli.global, args).await,
+        Command::Pull(args) => once::run_pull(&cli.global, args).await,
+        Command::List(args) => store_cmds::list(&cli.global, args).await,
+        Command::Verify(args) => store_cmds::verify(&cli.global, args).await,
+        Command::Prune(args) => store_cmds::prune(&cli.global, args).await,
+        Command::TrustHost(args) => trust_host::run(&cli.global, args).await,
     };
     match outcome {
         Ok(code) => code,

@@ -1,0 +1,53 @@
+//! `hapull once` (one full cycle now) and `hapull pull <backup_id>` (pull a backup HA already has).
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::{EXIT_FAILED, EXIT_OK, Global};
+use crate::cycle::Report;
+
+#[derive(Debug, Args)]
+pub struct OnceArgs {}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The backup id, as `hapull list --remote` shows it.
+    pub backup_id: String,
+}
+
+pub async fn run_once(global: &Global, _args: OnceArgs) -> anyhow::Result<ExitCode> {
+    let cfg = super::load_config(global)?;
+    let ctx = super::context::build(&cfg, true, true).await?;
+    let outcome = ctx.run_cycle().await;
+    finish(&ctx, outcome).await
+}
+
+pub async fn run_pull(global: &Global, args: PullArgs) -> anyhow::Result<ExitCode> {
+    let cfg = super::load_config(global)?;
+    let ctx = super::context::build(&cfg, true, true).await?;
+    let outcome = ctx.pull_existing(&args.backup_id).await;
+    finish(&ctx, outcome).await
+}
+
+async fn finish(ctx: &crate::cycle::Context, outcome: Result<Report, crate::cycle::CycleError>) -> anyhow::Result<ExitCode> {
+    if let Some(audit) = &ctx.audit {
+        audit.close().await?;
+    }
+    match outcome {
+        Ok(r) => {
+            println!("committed {} ({} bytes, sha256 {})", r.archive.path.display(), r.pull.size, r.pull.sha256_hex());
+            for id in &r.deleted_on_ha {
+                println!("deleted from Home Assistant: {id} (verified local copy exists)");
+            }
+            for id in &r.pruned {
+                println!("pruned from the store: {id}");
+            }
+            Ok(ExitCode::from(EXIT_OK))
+        }
+        Err(e) => {
+            eprintln!("hapull: backup not committed: {e}");
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+    }
+}

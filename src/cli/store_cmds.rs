@@ -1,0 +1,128 @@
+//! `hapull list`, `hapull verify`, `hapull prune`: the local store (and `list --remote`: HA's list).
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::json;
+
+use super::{EXIT_FAILED, EXIT_OK, Global};
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// List Home Assistant's backups instead of the local store.
+    #[arg(long)]
+    pub remote: bool,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id to verify.
+    #[arg(conflicts_with = "all", required_unless_present = "all")]
+    pub backup_id: Option<String>,
+    /// Verify every archive in the store.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Show what would be deleted and why, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let cfg = super::load_config(global)?;
+    if args.remote {
+        let client = super::connect(&cfg, false).await?;
+        let list = client.backup_info().await?;
+        if args.json {
+            let items: Vec<_> = list
+                .backups
+                .iter()
+                .map(|b| json!({"backup_id": b.backup_id, "name": b.name, "date": b.date, "size": b.size, "protected": b.protected, "ha_version": b.ha_version}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&json!({"state": list.state, "backups": items}))?);
+        } else {
+            println!("{:<10} {:<34} {:>12}  NAME", "ID", "DATE", "SIZE");
+            for b in &list.backups {
+                let size = b.size.map(|s| s.to_string()).or(b.size_mb_approx.map(|m| format!("~{m} MB"))).unwrap_or_default();
+                println!("{:<10} {:<34} {:>12}  {}", b.backup_id, b.date, size, b.name.escape_debug());
+            }
+        }
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    let store = super::context::open_store(&cfg)?;
+    let listing = tokio::task::spawn_blocking(move || store.scan()).await??;
+    if args.json {
+        let items: Vec<_> = listing.archives.iter().map(|a| json!({"path": a.relative_path, "manifest": a.manifest})).collect();
+        let problems: Vec<_> = listing.problems.iter().map(|p| p.to_string()).collect();
+        println!("{}", serde_json::to_string_pretty(&json!({"archives": items, "problems": problems}))?);
+    } else {
+        println!("{:<10} {:<22} {:>12}  PATH", "ID", "PULLED AT", "SIZE");
+        for a in &listing.archives {
+            println!("{:<10} {:<22} {:>12}  {}", a.manifest.backup_id, a.manifest.pulled_at.strftime("%Y-%m-%d %H:%M:%SZ").to_string(), a.manifest.size, a.relative_path);
+        }
+        for p in &listing.problems {
+            eprintln!("problem: {p}");
+        }
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+pub async fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let cfg = super::load_config(global)?;
+    let store = super::context::open_store(&cfg)?;
+    let failed = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let archives = match &args.backup_id {
+            Some(id) => vec![store.find(id)?.with_context(|| format!("no archive of backup {id} in the store"))?],
+            None => store.list()?,
+        };
+        let mut failed = 0;
+        for a in &archives {
+            let report = store.verify(a)?;
+            if report.is_ok() {
+                println!("ok      {}  sha256 {}", report.relative_path, report.actual_sha256);
+            } else {
+                failed += 1;
+                println!("FAILED  {}: {}", report.relative_path, report.problems.join("; "));
+            }
+        }
+        Ok(failed)
+    })
+    .await??;
+    Ok(ExitCode::from(if failed == 0 { EXIT_OK } else { EXIT_FAILED }))
+}
+
+pub async fn prune(global: &Global, args: PruneArgs) -> anyhow::Result<ExitCode> {
+    let cfg = super::load_config(global)?;
+    let store = super::context::open_store(&cfg)?;
+    let policy = super::context::retention(&cfg);
+    let tz = super::context::timezone(&cfg)?;
+    if policy.keeps_everything() {
+        println!("no keep_* rule is set in [store]: everything is kept");
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    let audit = super::context::open_audit(&cfg).await?;
+    let dry_run = args.dry_run;
+    let decisions = tokio::task::spawn_blocking(move || store.prune(&policy, &tz, dry_run)).await??;
+    for d in &decisions {
+        let verdict = if d.keep { "keep  " } else if dry_run { "would delete" } else { "delete" };
+        let why = if d.reasons.is_empty() { "no rule keeps it".to_string() } else { d.reasons.join(", ") };
+        println!("{verdict}  {}  ({why})", d.archive.relative_path);
+        if !d.keep
+            && !dry_run
+            && let Some(a) = &audit
+        {
+            a.step("store.pruned", json!({"backup_id": d.archive.manifest.backup_id, "path": d.archive.relative_path})).await?;
+        }
+    }
+    if let Some(a) = audit {
+        a.close().await?;
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
