@@ -77,12 +77,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_INCOMING))
         .max_frame_size(Some(MAX_INCOMING));
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        only_websocket_path,
-        Some(config),
-    )
-    .await
+    let Ok(mut ws) =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, only_websocket_path, Some(config))
+            .await
     else {
         return;
     };
@@ -349,11 +346,7 @@ impl Conn {
             return;
         };
         if id <= self.last_id {
-            self.error(
-                json!(id),
-                "id_reuse",
-                "Identifier values have to increase.",
-            );
+            self.error(json!(id), "id_reuse", "Identifier values have to increase.");
             return;
         }
         self.last_id = id;
@@ -401,7 +394,10 @@ impl Conn {
                 }
             }
             ("fire_event", _) => {
-                schema.check(&[("event_type", Kind::Str)], &[("event_data", Kind::Object)])?;
+                schema.check(
+                    &[("event_type", Kind::Str)],
+                    &[("event_data", Kind::Object)],
+                )?;
                 let event_type = obj.get("event_type").and_then(Value::as_str).unwrap_or("");
                 let data = obj.get("event_data").cloned().unwrap_or_else(|| json!({}));
                 let ctx = self.shared.context(true);
@@ -658,7 +654,7 @@ impl Conn {
                     .get("notification_id")
                     .and_then(Value::as_str)
                     .map(str::to_string)
-                    .unwrap_or_else(|| super::state::ulid());
+                    .unwrap_or_else(super::state::ulid);
                 let note = json!({
                     "notification_id": notification_id,
                     "title": data.get("title").cloned().unwrap_or(Value::Null),
@@ -780,11 +776,7 @@ fn config_info() -> Value {
 /// What an `auth` message lacks, in HA's voluptuous wording; `None` if it is well formed.
 fn auth_format_problem(msg: &Value, legacy: bool) -> Option<String> {
     let Some(obj) = msg.as_object() else {
-        return Some(if legacy {
-            "expected a dictionary".into()
-        } else {
-            "expected a dictionary".into()
-        });
+        return Some("expected a dictionary".into());
     };
     let mut problems = Vec::new();
     for (key, value) in obj {
