@@ -433,8 +433,7 @@ async fn archive_is_a_real_ha_backup() {
     assert_eq!(sim.backups()[0]["agents"]["backup.local"]["size"], size);
     let last_progress = seen
         .iter()
-        .filter(|m| m["event"].get("uploaded_bytes").is_some())
-        .last()
+        .rfind(|m| m["event"].get("uploaded_bytes").is_some())
         .unwrap();
     assert_eq!(last_progress["event"]["uploaded_bytes"], size);
     assert_eq!(last_progress["event"]["total_bytes"], size);
