@@ -785,7 +785,7 @@ async fn slow_answers_come_after_events_produced_meanwhile() {
     )
     .await;
     next_json(&mut ws).await;
-    control.set_answer_delay(Duration::from_millis(300));
+    control.set_answer_delay(Duration::from_secs(3600));
     send(&mut ws, json!({"id": 2, "type": "ping"})).await;
     // Let the ping reach the server before the event is fired.
     while sim.received().len() < 3 {
@@ -793,8 +793,9 @@ async fn slow_answers_come_after_events_produced_meanwhile() {
     }
     control.fire_event("marker", json!({}));
     assert_eq!(next_json(&mut ws).await["event"]["event_type"], "marker");
-    assert_eq!(next_json(&mut ws).await, json!({"id": 2, "type": "pong"}));
+    // Lifting the delay releases the held ping.
     control.set_answer_delay(Duration::ZERO);
+    assert_eq!(next_json(&mut ws).await, json!({"id": 2, "type": "pong"}));
     send(&mut ws, json!({"id": 3, "type": "ping"})).await;
     assert_eq!(next_json(&mut ws).await["id"], 3);
 }
@@ -986,4 +987,48 @@ async fn legacy_generate_blocks_and_refuses_new_api_commands() {
 #[allow(dead_code)]
 fn _control_is_clone_and_send(c: SimControl) -> impl Clone + Send + Sync {
     c
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_after_the_auth_timeout() {
+    // HA's 10 s auth timeout, in real time: tokio's paused clock is not available to this crate's
+    // tests, and the assertion is only that the close happens, not when.
+    let (sim, _dir) = start(SimVersion::Current, Duration::from_millis(10)).await;
+    let mut ws = connect(&sim).await;
+    assert_eq!(next_json(&mut ws).await["type"], "auth_required");
+    assert!(matches!(
+        next_message(&mut ws).await,
+        Some(Message::Close(_)) | None
+    ));
+}
+
+#[tokio::test]
+async fn unsubscribed_events_stop_arriving() {
+    let (sim, _dir) = start(SimVersion::Current, Duration::from_millis(10)).await;
+    let mut ws = authed(&sim).await;
+    send(&mut ws, json!({"id": 1, "type": "subscribe_events"})).await;
+    next_json(&mut ws).await;
+    send(
+        &mut ws,
+        json!({"id": 2, "type": "fire_event", "event_type": "one"}),
+    )
+    .await;
+    let event = next_json(&mut ws).await;
+    assert_eq!(event["event"]["event_type"], "one");
+    assert_eq!(event["event"]["data"], json!({}));
+    assert_eq!(event["event"]["origin"], "LOCAL");
+    assert_eq!(next_json(&mut ws).await["id"], 2);
+    send(
+        &mut ws,
+        json!({"id": 3, "type": "unsubscribe_events", "subscription": 1}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["success"], true);
+    send(
+        &mut ws,
+        json!({"id": 4, "type": "fire_event", "event_type": "two"}),
+    )
+    .await;
+    // The next frame is the result, not an event.
+    assert_eq!(next_json(&mut ws).await["id"], 4);
 }

@@ -40,6 +40,8 @@ struct Conn {
     id: u64,
     tx: mpsc::UnboundedSender<ConnMsg>,
     delay_tx: mpsc::UnboundedSender<(Instant, Value)>,
+    /// Commands held back by the answer delay and not yet handled; later ones queue behind them.
+    held: usize,
     last_id: u64,
     coalesce: bool,
     subs: Vec<(u64, Sub)>,
@@ -96,6 +98,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         id,
         tx,
         delay_tx,
+        held: 0,
         last_id: 0,
         coalesce: false,
         subs: Vec::new(),
@@ -127,8 +130,15 @@ async fn delay_commands(
     tx: mpsc::UnboundedSender<ConnMsg>,
 ) {
     while let Some((at, msg)) = rx.recv().await {
-        let delay = shared.lock().faults.answer_delay;
-        tokio::time::sleep_until(at + delay).await;
+        loop {
+            // Registered before reading the delay, so a change in between is not missed.
+            let changed = shared.delay_changed.notified();
+            let delay = shared.lock().faults.answer_delay;
+            tokio::select! {
+                () = tokio::time::sleep_until(at + delay) => break,
+                () = changed => {}
+            }
+        }
         if tx.send(ConnMsg::Delayed(msg)).is_err() {
             return;
         }
@@ -233,7 +243,10 @@ impl Conn {
                                 return Flow::Drop;
                             }
                         }
-                        ConnMsg::Delayed(msg) => self.process(msg),
+                        ConnMsg::Delayed(msg) => {
+                            self.held = self.held.saturating_sub(1);
+                            self.process(msg);
+                        }
                         ConnMsg::Close => return Flow::Close,
                         ConnMsg::Drop => return Flow::Drop,
                     }
@@ -252,10 +265,10 @@ impl Conn {
                         return Flow::Close;
                     };
                     self.shared.record(self.id, msg.clone());
-                    if self.shared.lock().faults.answer_delay.is_zero() {
+                    if self.held == 0 && self.shared.lock().faults.answer_delay.is_zero() {
                         self.process(msg);
-                    } else {
-                        let _ = self.delay_tx.send((Instant::now(), msg));
+                    } else if self.delay_tx.send((Instant::now(), msg)).is_ok() {
+                        self.held += 1;
                     }
                 }
             }

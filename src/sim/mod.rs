@@ -333,9 +333,11 @@ impl SimControl {
         self.shared.set_blocked(blocked);
     }
 
-    /// Holds every command back this long before handling it (zero: answer at once).
+    /// Holds every command back this long after it arrived before handling it (zero: answer at once).
+    /// Commands already held back are re-timed against the new delay.
     pub fn set_answer_delay(&self, delay: Duration) {
         self.shared.lock().faults.answer_delay = delay;
+        self.shared.delay_changed.notify_waiters();
     }
 
     /// Fires `count` events of this type, as fast as the server can, with data `{"n": i}`.

@@ -120,6 +120,8 @@ pub(crate) struct Shared {
     pub stage_duration: Duration,
     pub user_id: String,
     pub instance_id: String,
+    /// Wakes held-back commands when the answer delay changes.
+    pub delay_changed: tokio::sync::Notify,
     inner: Mutex<Inner>,
 }
 
@@ -180,6 +182,7 @@ impl Shared {
             stage_duration: opts.stage_duration,
             user_id: random_hex(32),
             instance_id: random_hex(32),
+            delay_changed: tokio::sync::Notify::new(),
             inner: Mutex::new(inner),
         });
         shared.rescan();
