@@ -1,5 +1,6 @@
 //! Backup archives as Home Assistant writes them: an uncompressed outer tar holding `./backup.json`
-//! first and `./homeassistant.tar.gz` second, padded to tar's 10 KiB record like Python's `tarfile`.
+//! first and `homeassistant.tar.gz` second (HA 2026.11 writes the first name with `./`, the second
+//! without), padded to tar's 10 KiB record like Python's `tarfile`.
 //!
 //! This file only builds bytes and names; it never touches the network and never decides when a backup
 //! happens.
@@ -59,7 +60,9 @@ pub(crate) fn backup_json(spec: &ArchiveSpec<'_>) -> Value {
             "compressed": true,
         });
     }
-    let mut doc = json!({
+    // Exactly the keys HA 2026.11 writes (checked against a real archive): no `folders`, `addons` or
+    // `crypto`, even for a protected backup.
+    json!({
         "compressed": true,
         "date": date,
         "extra": {"instance_id": spec.instance_id, "with_automatic_settings": false},
@@ -69,23 +72,7 @@ pub(crate) fn backup_json(spec: &ArchiveSpec<'_>) -> Value {
         "slug": spec.slug,
         "type": "partial",
         "version": 2,
-        "folders": [],
-        "addons": [],
-    });
-    if spec.password.is_some()
-        && let Some(obj) = doc.as_object_mut()
-    {
-        obj.insert("crypto".into(), json!("aes128"));
-    }
-    doc
-}
-
-/// A built archive and where the inner archive's bytes sit in it.
-pub(crate) struct Built {
-    pub bytes: Vec<u8>,
-    /// Offset of the middle byte of `homeassistant.tar.gz`'s data: damaging it leaves both tar
-    /// headers intact, so only a content check notices.
-    pub inner_middle: u64,
+    })
 }
 
 /// Builds the complete archive in memory.
@@ -101,7 +88,7 @@ pub(crate) fn build(spec: &ArchiveSpec<'_>) -> std::io::Result<Built> {
 
     let mut outer = tar::Builder::new(Vec::new());
     append(&mut outer, "./backup.json", &meta, mtime)?;
-    append(&mut outer, "./homeassistant.tar.gz", &inner, mtime)?;
+    append(&mut outer, "homeassistant.tar.gz", &inner, mtime)?;
     let mut bytes = outer.into_inner()?;
     let padded = bytes.len().div_ceil(TAR_RECORD) * TAR_RECORD;
     bytes.resize(padded, 0);

@@ -13,8 +13,7 @@
 //!
 //! Known differences from real HA:
 //! - With a password, HA encrypts the inner archive with SecureTar; here the inner bytes are only
-//!   masked with a password-derived keystream. `backup.json` says `protected: true` and
-//!   `crypto: "aes128"` as HA's does.
+//!   masked with a password-derived keystream. `backup.json` says `protected: true`, as HA's does.
 //! - `invalid_format` messages follow voluptuous' wording for missing keys and wrong types; the wording
 //!   for extra keys is simplified (HA 2026 quotes the whole message).
 //! - No server-side WebSocket pings, no HTTP API (`/api/backup/download`), no slow-consumer eviction.
