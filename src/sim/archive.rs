@@ -1,5 +1,6 @@
 //! Backup archives as Home Assistant writes them: an uncompressed outer tar holding `./backup.json`
-//! first and `./homeassistant.tar.gz` second, padded to tar's 10 KiB record like Python's `tarfile`.
+//! first and `homeassistant.tar.gz` second (HA 2026.11 writes the first name with `./`, the second
+//! without), padded to tar's 10 KiB record like Python's `tarfile`.
 //!
 //! This file only builds bytes and names; it never touches the network and never decides when a backup
 //! happens.
@@ -59,7 +60,9 @@ pub(crate) fn backup_json(spec: &ArchiveSpec<'_>) -> Value {
             "compressed": true,
         });
     }
-    let mut doc = json!({
+    // Exactly the keys HA 2026.11 writes (checked against a real archive): no `folders`, `addons` or
+    // `crypto`, even for a protected backup.
+    json!({
         "compressed": true,
         "date": date,
         "extra": {"instance_id": spec.instance_id, "with_automatic_settings": false},
@@ -69,19 +72,19 @@ pub(crate) fn backup_json(spec: &ArchiveSpec<'_>) -> Value {
         "slug": spec.slug,
         "type": "partial",
         "version": 2,
-        "folders": [],
-        "addons": [],
-    });
-    if spec.password.is_some()
-        && let Some(obj) = doc.as_object_mut()
-    {
-        obj.insert("crypto".into(), json!("aes128"));
-    }
-    doc
+    })
+}
+
+/// A built archive and where the inner archive's bytes sit in it.
+pub(crate) struct Built {
+    pub bytes: Vec<u8>,
+    /// Offset of the middle byte of `homeassistant.tar.gz`'s data: damaging it leaves both tar
+    /// headers intact, so only a content check notices.
+    pub inner_middle: u64,
 }
 
 /// Builds the complete archive in memory.
-pub(crate) fn build(spec: &ArchiveSpec<'_>) -> std::io::Result<Vec<u8>> {
+pub(crate) fn build(spec: &ArchiveSpec<'_>) -> std::io::Result<Built> {
     let mtime = u64::try_from(spec.date.as_second()).unwrap_or(0);
     let mut inner = inner_archive(spec, mtime)?;
     if let Some(password) = spec.password {
@@ -93,11 +96,15 @@ pub(crate) fn build(spec: &ArchiveSpec<'_>) -> std::io::Result<Vec<u8>> {
 
     let mut outer = tar::Builder::new(Vec::new());
     append(&mut outer, "./backup.json", &meta, mtime)?;
-    append(&mut outer, "./homeassistant.tar.gz", &inner, mtime)?;
+    append(&mut outer, "homeassistant.tar.gz", &inner, mtime)?;
     let mut bytes = outer.into_inner()?;
     let padded = bytes.len().div_ceil(TAR_RECORD) * TAR_RECORD;
     bytes.resize(padded, 0);
-    Ok(bytes)
+    let inner_start = 512 + meta.len().div_ceil(512) * 512 + 512;
+    Ok(Built {
+        bytes,
+        inner_middle: (inner_start + inner.len() / 2) as u64,
+    })
 }
 
 fn append(
@@ -111,7 +118,18 @@ fn append(
     header.set_mode(0o644);
     header.set_mtime(mtime);
     header.set_entry_type(tar::EntryType::Regular);
-    builder.append_data(&mut header, path, data)
+    // HA's names keep their leading `./`, which `set_path` would normalise away, so the name bytes
+    // are written directly.
+    let name = path.as_bytes();
+    let Some(ustar) = header.as_ustar_mut() else {
+        return Err(std::io::Error::other("ustar header expected"));
+    };
+    if name.len() > ustar.name.len() {
+        return Err(std::io::Error::other(format!("tar name too long: {path}")));
+    }
+    ustar.name[..name.len()].copy_from_slice(name);
+    header.set_cksum();
+    builder.append(&header, data)
 }
 
 /// The gzip'd tar of the configuration folder, under `data/` as HA stores it.
@@ -122,7 +140,12 @@ fn inner_archive(spec: &ArchiveSpec<'_>, mtime: u64) -> std::io::Result<Vec<u8>>
         "homeassistant:\n  name: Simulated home\n  time_zone: UTC\nshell_command:\n  delete_backups: find /var/lib/hass/backups -type f -delete\n# backup {}\n",
         spec.slug
     );
-    append_gz(&mut builder, "data/configuration.yaml", config.as_bytes(), mtime)?;
+    append_gz(
+        &mut builder,
+        "data/configuration.yaml",
+        config.as_bytes(),
+        mtime,
+    )?;
     append_gz(
         &mut builder,
         "data/.HA_VERSION",

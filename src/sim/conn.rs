@@ -40,6 +40,8 @@ struct Conn {
     id: u64,
     tx: mpsc::UnboundedSender<ConnMsg>,
     delay_tx: mpsc::UnboundedSender<(Instant, Value)>,
+    /// Commands held back by the answer delay and not yet handled; later ones queue behind them.
+    held: usize,
     last_id: u64,
     coalesce: bool,
     subs: Vec<(u64, Sub)>,
@@ -77,12 +79,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_INCOMING))
         .max_frame_size(Some(MAX_INCOMING));
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        only_websocket_path,
-        Some(config),
-    )
-    .await
+    let Ok(mut ws) =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, only_websocket_path, Some(config))
+            .await
     else {
         return;
     };
@@ -99,6 +98,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         id,
         tx,
         delay_tx,
+        held: 0,
         last_id: 0,
         coalesce: false,
         subs: Vec::new(),
@@ -130,8 +130,15 @@ async fn delay_commands(
     tx: mpsc::UnboundedSender<ConnMsg>,
 ) {
     while let Some((at, msg)) = rx.recv().await {
-        let delay = shared.lock().faults.answer_delay;
-        tokio::time::sleep_until(at + delay).await;
+        loop {
+            // Registered before reading the delay, so a change in between is not missed.
+            let changed = shared.delay_changed.notified();
+            let delay = shared.lock().faults.answer_delay;
+            tokio::select! {
+                () = tokio::time::sleep_until(at + delay) => break,
+                () = changed => {}
+            }
+        }
         if tx.send(ConnMsg::Delayed(msg)).is_err() {
             return;
         }
@@ -236,7 +243,10 @@ impl Conn {
                                 return Flow::Drop;
                             }
                         }
-                        ConnMsg::Delayed(msg) => self.process(msg),
+                        ConnMsg::Delayed(msg) => {
+                            self.held = self.held.saturating_sub(1);
+                            self.process(msg);
+                        }
                         ConnMsg::Close => return Flow::Close,
                         ConnMsg::Drop => return Flow::Drop,
                     }
@@ -255,10 +265,10 @@ impl Conn {
                         return Flow::Close;
                     };
                     self.shared.record(self.id, msg.clone());
-                    if self.shared.lock().faults.answer_delay.is_zero() {
+                    if self.held == 0 && self.shared.lock().faults.answer_delay.is_zero() {
                         self.process(msg);
-                    } else {
-                        let _ = self.delay_tx.send((Instant::now(), msg));
+                    } else if self.delay_tx.send((Instant::now(), msg)).is_ok() {
+                        self.held += 1;
                     }
                 }
             }
@@ -349,11 +359,7 @@ impl Conn {
             return;
         };
         if id <= self.last_id {
-            self.error(
-                json!(id),
-                "id_reuse",
-                "Identifier values have to increase.",
-            );
+            self.error(json!(id), "id_reuse", "Identifier values have to increase.");
             return;
         }
         self.last_id = id;
@@ -401,7 +407,10 @@ impl Conn {
                 }
             }
             ("fire_event", _) => {
-                schema.check(&[("event_type", Kind::Str)], &[("event_data", Kind::Object)])?;
+                schema.check(
+                    &[("event_type", Kind::Str)],
+                    &[("event_data", Kind::Object)],
+                )?;
                 let event_type = obj.get("event_type").and_then(Value::as_str).unwrap_or("");
                 let data = obj.get("event_data").cloned().unwrap_or_else(|| json!({}));
                 let ctx = self.shared.context(true);
@@ -658,7 +667,7 @@ impl Conn {
                     .get("notification_id")
                     .and_then(Value::as_str)
                     .map(str::to_string)
-                    .unwrap_or_else(|| super::state::ulid());
+                    .unwrap_or_else(super::state::ulid);
                 let note = json!({
                     "notification_id": notification_id,
                     "title": data.get("title").cloned().unwrap_or(Value::Null),
@@ -780,11 +789,7 @@ fn config_info() -> Value {
 /// What an `auth` message lacks, in HA's voluptuous wording; `None` if it is well formed.
 fn auth_format_problem(msg: &Value, legacy: bool) -> Option<String> {
     let Some(obj) = msg.as_object() else {
-        return Some(if legacy {
-            "expected a dictionary".into()
-        } else {
-            "expected a dictionary".into()
-        });
+        return Some("expected a dictionary".into());
     };
     let mut problems = Vec::new();
     for (key, value) in obj {

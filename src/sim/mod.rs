@@ -13,8 +13,7 @@
 //!
 //! Known differences from real HA:
 //! - With a password, HA encrypts the inner archive with SecureTar; here the inner bytes are only
-//!   masked with a password-derived keystream. `backup.json` says `protected: true` and
-//!   `crypto: "aes128"` as HA's does.
+//!   masked with a password-derived keystream. `backup.json` says `protected: true`, as HA's does.
 //! - `invalid_format` messages follow voluptuous' wording for missing keys and wrong types; the wording
 //!   for extra keys is simplified (HA 2026 quotes the whole message).
 //! - No server-side WebSocket pings, no HTTP API (`/api/backup/download`), no slow-consumer eviction.
@@ -333,9 +332,11 @@ impl SimControl {
         self.shared.set_blocked(blocked);
     }
 
-    /// Holds every command back this long before handling it (zero: answer at once).
+    /// Holds every command back this long after it arrived before handling it (zero: answer at once).
+    /// Commands already held back are re-timed against the new delay.
     pub fn set_answer_delay(&self, delay: Duration) {
         self.shared.lock().faults.answer_delay = delay;
+        self.shared.delay_changed.notify_waiters();
     }
 
     /// Fires `count` events of this type, as fast as the server can, with data `{"n": i}`.

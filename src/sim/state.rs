@@ -120,6 +120,8 @@ pub(crate) struct Shared {
     pub stage_duration: Duration,
     pub user_id: String,
     pub instance_id: String,
+    /// Wakes held-back commands when the answer delay changes.
+    pub delay_changed: tokio::sync::Notify,
     inner: Mutex<Inner>,
 }
 
@@ -180,6 +182,7 @@ impl Shared {
             stage_duration: opts.stage_duration,
             user_id: random_hex(32),
             instance_id: random_hex(32),
+            delay_changed: tokio::sync::Notify::new(),
             inner: Mutex::new(inner),
         });
         shared.rescan();
@@ -602,8 +605,8 @@ impl Job {
             })
             .await
         };
-        let bytes = match built {
-            Ok(Ok(bytes)) => bytes,
+        let (bytes, inner_middle) = match built {
+            Ok(Ok(built)) => (built.bytes, built.inner_middle),
             Ok(Err(e)) => return self.failed(format!("could not build the archive: {e}")),
             Err(e) => return self.failed(format!("archive builder stopped: {e}")),
         };
@@ -624,7 +627,7 @@ impl Job {
         drop(bytes);
         if let Some(corruption) = self.corrupt {
             // Damage the file before HA reports completion, so no reader ever sees it intact.
-            let _ = corrupt(&self.path, corruption, size);
+            let _ = corrupt(&self.path, corruption, size, inner_middle);
         }
         let record = BackupRecord {
             id: self.id.clone(),
@@ -688,37 +691,26 @@ impl Job {
         let shared = self.shared.clone();
         let mut inner = shared.lock();
         let mut items = Vec::new();
-        shared.backup_event(
-            &mut inner,
-            "failed",
-            None,
-            Some(&reason),
-            &mut items,
-            false,
-        );
+        shared.backup_event(&mut inner, "failed", None, Some(&reason), &mut items, false);
         shared.finish(&mut inner, &mut items);
         Shared::emit_locked(&mut inner, items);
         Err(reason)
     }
 }
 
-fn corrupt(path: &Path, how: Corruption, size: u64) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+fn corrupt(path: &Path, how: Corruption, size: u64, inner_middle: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     match how {
         Corruption::Truncate => file.set_len(size / 2),
         Corruption::FlipByte => {
-            // Inside the inner archive's data, past both tar headers, so the structure still parses
-            // and only a content check can notice.
-            let at = (size / 2).max(1024);
             let mut byte = [0u8; 1];
-            {
-                use std::io::Read;
-                let mut reader = std::fs::File::open(path)?;
-                reader.seek(SeekFrom::Start(at))?;
-                reader.read_exact(&mut byte)?;
-            }
-            file.seek(SeekFrom::Start(at))?;
+            file.seek(SeekFrom::Start(inner_middle))?;
+            file.read_exact(&mut byte)?;
+            file.seek(SeekFrom::Start(inner_middle))?;
             file.write_all(&[byte[0] ^ 0xff])?;
             file.flush()
         }
