@@ -28,9 +28,14 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::audit::AuditLog;
 use crate::config::{BackupMode, VerifyLevel};
-use crate::ha::{Backup, BackupApi, BackupEvent, BackupState, Client, GenerateRequest, HaError, SubItem, Subscription};
+use crate::ha::{
+    Backup, BackupApi, BackupEvent, BackupState, Client, GenerateRequest, HaError, SubItem,
+    Subscription,
+};
 use crate::secret::Secret;
-use crate::store::{self, CommitInfo, RetentionPolicy, Store, StoredArchive, Verify, safe_component};
+use crate::store::{
+    self, CommitInfo, RetentionPolicy, Store, StoredArchive, Verify, safe_component,
+};
 use crate::transfer::{self, PullOptions, PullOutcome, Session, SshTarget, TransferError};
 
 /// The steps of a cycle, as named in logs, audit records and errors.
@@ -75,11 +80,18 @@ pub enum CycleError {
     #[error("{step}: {source}")]
     Transfer { step: Step, source: TransferError },
     #[error("{step}: {source}")]
-    Store { step: Step, source: store::StoreError },
+    Store {
+        step: Step,
+        source: store::StoreError,
+    },
     #[error("Home Assistant reported the backup failed: {reason}")]
     BackupFailed { reason: String },
     #[error("{step}: gave up after {after:?}: {what}")]
-    Timeout { step: Step, after: Duration, what: String },
+    Timeout {
+        step: Step,
+        after: Duration,
+        what: String,
+    },
     #[error("{step}: {message}")]
     Refused { step: Step, message: String },
     #[error("audit log: {0}")]
@@ -154,7 +166,10 @@ struct Made {
 impl Context {
     async fn record(&self, kind: &str, data: Value) -> Result<(), CycleError> {
         if let Some(audit) = &self.audit {
-            audit.step(kind, data).await.map_err(|e| CycleError::Audit(e.to_string()))?;
+            audit
+                .step(kind, data)
+                .await
+                .map_err(|e| CycleError::Audit(e.to_string()))?;
         }
         Ok(())
     }
@@ -189,8 +204,14 @@ impl Context {
 
     async fn steps(&self, started: Instant) -> Result<Report, CycleError> {
         let (api, mut sub) = self.connect().instrument(info_span!("connect")).await?;
-        let made = self.create(api, sub.as_mut()).instrument(info_span!("create")).await?;
-        let made = self.await_completion(api, sub.as_mut(), made).instrument(info_span!("await")).await?;
+        let made = self
+            .create(api, sub.as_mut())
+            .instrument(info_span!("create"))
+            .await?;
+        let made = self
+            .await_completion(api, sub.as_mut(), made)
+            .instrument(info_span!("await"))
+            .await?;
         drop(sub);
         self.finish(api, made, started).await
     }
@@ -198,21 +219,56 @@ impl Context {
     /// Pulls an existing Home Assistant backup (no new backup), then commits and cleans up like a cycle.
     pub async fn pull_existing(&self, backup_id: &str) -> Result<Report, CycleError> {
         let started = Instant::now();
-        let api = self.client.detect_backup_api().await.map_err(|source| CycleError::Ha { step: Step::Connect, source })?;
-        let list = self.client.backup_info().await.map_err(|source| CycleError::Ha { step: Step::Locate, source })?;
+        let api = self
+            .client
+            .detect_backup_api()
+            .await
+            .map_err(|source| CycleError::Ha {
+                step: Step::Connect,
+                source,
+            })?;
+        let list = self
+            .client
+            .backup_info()
+            .await
+            .map_err(|source| CycleError::Ha {
+                step: Step::Locate,
+                source,
+            })?;
         let backup = list.backups.into_iter().find(|b| b.backup_id == backup_id).ok_or_else(|| CycleError::Refused {
             step: Step::Locate,
             message: format!("Home Assistant has no backup {backup_id:?}; `hapull list --remote` shows the ids it has"),
         })?;
-        let made = Made { backup_id: backup_id.to_string(), requested_name: None, backup: Some(backup) };
+        let made = Made {
+            backup_id: backup_id.to_string(),
+            requested_name: None,
+            backup: Some(backup),
+        };
         self.finish(api, made, started).await
     }
 
-    async fn finish(&self, api: BackupApi, made: Made, started: Instant) -> Result<Report, CycleError> {
-        let remote = self.locate(api, &made).instrument(info_span!("locate", backup_id = %made.backup_id)).await?;
-        let (local, pulled) = self.pull(&made, &remote).instrument(info_span!("pull", backup_id = %made.backup_id)).await?;
-        let archive = self.commit(&made, &remote, &local, &pulled).instrument(info_span!("commit", backup_id = %made.backup_id)).await?;
-        let deleted_on_ha = self.clean_up_ha(api).instrument(info_span!("cleanup_ha")).await?;
+    async fn finish(
+        &self,
+        api: BackupApi,
+        made: Made,
+        started: Instant,
+    ) -> Result<Report, CycleError> {
+        let remote = self
+            .locate(api, &made)
+            .instrument(info_span!("locate", backup_id = %made.backup_id))
+            .await?;
+        let (local, pulled) = self
+            .pull(&made, &remote)
+            .instrument(info_span!("pull", backup_id = %made.backup_id))
+            .await?;
+        let archive = self
+            .commit(&made, &remote, &local, &pulled)
+            .instrument(info_span!("commit", backup_id = %made.backup_id))
+            .await?;
+        let deleted_on_ha = self
+            .clean_up_ha(api)
+            .instrument(info_span!("cleanup_ha"))
+            .await?;
         let pruned = self.retention().instrument(info_span!("retention")).await?;
         Ok(Report {
             backup_id: made.backup_id,
@@ -228,7 +284,10 @@ impl Context {
     /// Step 1: which API, subscribe to backup events, wait while HA is starting (`blocked`) or busy
     /// with another backup.
     async fn connect(&self) -> Result<(BackupApi, Option<Subscription>), CycleError> {
-        let ha = |source| CycleError::Ha { step: Step::Connect, source };
+        let ha = |source| CycleError::Ha {
+            step: Step::Connect,
+            source,
+        };
         let api = self.client.detect_backup_api().await.map_err(ha)?;
         let sub = match api {
             BackupApi::Modern => Some(self.client.subscribe_backup_events().await.map_err(ha)?),
@@ -258,12 +317,32 @@ impl Context {
 
     fn backup_name(&self) -> String {
         let now = Timestamp::now().to_zoned(self.settings.timezone.clone());
-        self.settings.name_template.replace("{date}", &now.strftime("%Y-%m-%d %H:%M").to_string())
+        self.settings
+            .name_template
+            .replace("{date}", &now.strftime("%Y-%m-%d %H:%M").to_string())
     }
 
     /// Step 2: ask Home Assistant for a backup.
-    async fn create(&self, api: BackupApi, _sub: Option<&mut Subscription>) -> Result<Made, CycleError> {
-        let ha = |source| CycleError::Ha { step: Step::Create, source };
+    async fn create(
+        &self,
+        api: BackupApi,
+        sub: Option<&mut Subscription>,
+    ) -> Result<Made, CycleError> {
+        let ha = |source| CycleError::Ha {
+            step: Step::Create,
+            source,
+        };
+        // Events of earlier jobs (one that was running when the cycle started) must not be taken for
+        // ours: the manager was idle when this was called, so what is buffered is history.
+        if let Some(sub) = sub {
+            let old = sub.drain();
+            if !old.is_empty() {
+                info!(
+                    events = old.len(),
+                    "discarding backup events from before this cycle's backup"
+                );
+            }
+        }
         let made = match (self.settings.mode, api) {
             (BackupMode::Api, BackupApi::Modern) => {
                 let name = self.backup_name();
@@ -279,12 +358,27 @@ impl Context {
                     })
                     .await
                     .map_err(ha)?;
-                Made { backup_id: job, requested_name: Some(name_for_lookup), backup: None }
+                Made {
+                    backup_id: job,
+                    requested_name: Some(name_for_lookup),
+                    backup: None,
+                }
             }
             (BackupMode::Api, BackupApi::Legacy { .. }) => {
-                info!(path = "legacy backup/generate", "this Home Assistant has the legacy backup API (no events); its backup/generate blocks until the backup is made");
-                let b = self.client.legacy_backup_generate(self.settings.timeout).await.map_err(ha)?;
-                Made { backup_id: b.backup_id.clone(), requested_name: None, backup: Some(b) }
+                info!(
+                    path = "legacy backup/generate",
+                    "this Home Assistant has the legacy backup API (no events); its backup/generate blocks until the backup is made"
+                );
+                let b = self
+                    .client
+                    .legacy_backup_generate(self.settings.timeout)
+                    .await
+                    .map_err(ha)?;
+                Made {
+                    backup_id: b.backup_id.clone(),
+                    requested_name: None,
+                    backup: Some(b),
+                }
             }
             (BackupMode::Service, _) => self.create_by_services().await?,
         };
@@ -296,53 +390,110 @@ impl Context {
             step: Step::Create,
             message: format!("cannot record the new backup id in the store: {e}"),
         })?;
-        self.record("backup.created", json!({"backup_id": id})).await?;
+        self.record("backup.created", json!({"backup_id": id}))
+            .await?;
         Ok(made)
     }
 
     /// The recipe's way: `shell_command.<name>` (deletes the archive files), then `backup.create`.
     /// The delete runs only when every archive it will delete has a verified copy in the store.
     async fn create_by_services(&self) -> Result<Made, CycleError> {
-        let ha = |source| CycleError::Ha { step: Step::Create, source };
+        let ha = |source| CycleError::Ha {
+            step: Step::Create,
+            source,
+        };
         self.rescue_unsaved_archives().await?;
-        let before: BTreeSet<String> = self.client.backup_info().await.map_err(ha)?.backups.into_iter().map(|b| b.backup_id).collect();
+        let before: BTreeSet<String> = self
+            .client
+            .backup_info()
+            .await
+            .map_err(ha)?
+            .backups
+            .into_iter()
+            .map(|b| b.backup_id)
+            .collect();
         let name = &self.settings.shell_command;
         info!(path = "service", service = %format!("shell_command.{name}"), "running the delete command (every archive has a verified local copy)");
         let r = self
             .client
-            .call_service("shell_command", name, json!({}), true, self.settings.timeout)
+            .call_service(
+                "shell_command",
+                name,
+                json!({}),
+                true,
+                self.settings.timeout,
+            )
             .await
             .map_err(ha)?;
-        if let Some(code) = r.get("response").and_then(|x| x.get("returncode")).and_then(Value::as_i64)
+        if let Some(code) = r
+            .get("response")
+            .and_then(|x| x.get("returncode"))
+            .and_then(Value::as_i64)
             && code != 0
         {
-            warn!(returncode = code, "shell_command returned non-zero; continuing with backup.create");
+            warn!(
+                returncode = code,
+                "shell_command returned non-zero; continuing with backup.create"
+            );
         }
-        self.record("ha.shell_command", json!({"service": format!("shell_command.{name}"), "response": r.get("response")})).await?;
-        info!(path = "service", "calling backup.create (blocks until the backup is made)");
-        self.client.call_service("backup", "create", json!({}), false, self.settings.timeout).await.map_err(ha)?;
+        self.record(
+            "ha.shell_command",
+            json!({"service": format!("shell_command.{name}"), "response": r.get("response")}),
+        )
+        .await?;
+        info!(
+            path = "service",
+            "calling backup.create (blocks until the backup is made)"
+        );
+        self.client
+            .call_service("backup", "create", json!({}), false, self.settings.timeout)
+            .await
+            .map_err(ha)?;
         let after = self.client.backup_info().await.map_err(ha)?;
-        let mut new: Vec<Backup> = after.backups.into_iter().filter(|b| !before.contains(&b.backup_id)).collect();
+        let mut new: Vec<Backup> = after
+            .backups
+            .into_iter()
+            .filter(|b| !before.contains(&b.backup_id))
+            .collect();
         new.sort_by(|a, b| a.date.cmp(&b.date));
         let b = new.pop().ok_or_else(|| CycleError::Refused {
             step: Step::Create,
-            message: "backup.create finished but no new backup appeared in Home Assistant's list".into(),
+            message: "backup.create finished but no new backup appeared in Home Assistant's list"
+                .into(),
         })?;
-        Ok(Made { backup_id: b.backup_id.clone(), requested_name: None, backup: Some(b) })
+        Ok(Made {
+            backup_id: b.backup_id.clone(),
+            requested_name: None,
+            backup: Some(b),
+        })
     }
 
     /// Before anything deletes archive files behind HA's back: pull every archive in `remote_dir` that
     /// has no verified copy in the store. Refuses (deleting nothing) if one cannot be saved.
     async fn rescue_unsaved_archives(&self) -> Result<(), CycleError> {
-        let tr = |source| CycleError::Transfer { step: Step::Create, source };
-        let session = Session::connect(&self.ssh, &self.settings.pull.session).await.map_err(tr)?;
-        let entries = session.list_dir(&self.settings.remote_dir).await.map_err(tr)?;
+        let tr = |source| CycleError::Transfer {
+            step: Step::Create,
+            source,
+        };
+        let session = Session::connect(&self.ssh, &self.settings.pull.session)
+            .await
+            .map_err(tr)?;
+        let entries = session
+            .list_dir(&self.settings.remote_dir)
+            .await
+            .map_err(tr)?;
         let mut unsaved = Vec::new();
-        for e in entries.iter().filter(|e| e.is_file && e.name.ends_with(".tar")) {
+        for e in entries
+            .iter()
+            .filter(|e| e.is_file && e.name.ends_with(".tar"))
+        {
             let Ok(name) = safe_component(&e.name) else {
                 return Err(CycleError::Refused {
                     step: Step::Create,
-                    message: format!("refusing to delete: {:?} in {} has an unsafe name", e.name, self.settings.remote_dir),
+                    message: format!(
+                        "refusing to delete: {:?} in {} has an unsafe name",
+                        e.name, self.settings.remote_dir
+                    ),
                 });
             };
             let path = remote_join(&self.settings.remote_dir, &name);
@@ -351,7 +502,9 @@ impl Context {
                 Err(why) => {
                     return Err(CycleError::Refused {
                         step: Step::Create,
-                        message: format!("refusing to run the delete command: {path} is not a readable backup ({why}) and has no local copy"),
+                        message: format!(
+                            "refusing to run the delete command: {path} is not a readable backup ({why}) and has no local copy"
+                        ),
                     });
                 }
             };
@@ -362,7 +515,11 @@ impl Context {
         session.close().await;
         for (slug, path) in unsaved {
             info!(backup_id = %slug, %path, "pulling an archive without a local copy before the delete command runs");
-            let made = Made { backup_id: slug, requested_name: None, backup: None };
+            let made = Made {
+                backup_id: slug,
+                requested_name: None,
+                backup: None,
+            };
             let (local, pulled) = self.pull(&made, &path).await?;
             self.commit(&made, &path, &local, &pulled).await?;
         }
@@ -371,16 +528,27 @@ impl Context {
 
     fn has_verified_copy(&self, backup_id: &str) -> bool {
         match self.store.find(backup_id) {
-            Ok(Some(a)) => std::fs::metadata(&a.path).map(|m| m.len() == a.manifest.size).unwrap_or(false),
+            Ok(Some(a)) => std::fs::metadata(&a.path)
+                .map(|m| m.len() == a.manifest.size)
+                .unwrap_or(false),
             _ => false,
         }
     }
 
     /// Step 3: wait for Home Assistant's own word that the backup is complete.
-    async fn await_completion(&self, api: BackupApi, sub: Option<&mut Subscription>, made: Made) -> Result<Made, CycleError> {
+    async fn await_completion(
+        &self,
+        api: BackupApi,
+        sub: Option<&mut Subscription>,
+        made: Made,
+    ) -> Result<Made, CycleError> {
         let (BackupApi::Modern, BackupMode::Api, Some(sub)) = (api, self.settings.mode, sub) else {
             // Legacy generate and backup.create block until the backup is finished.
-            self.record("backup.completed", json!({"backup_id": made.backup_id, "how": "blocking call returned"})).await?;
+            self.record(
+                "backup.completed",
+                json!({"backup_id": made.backup_id, "how": "blocking call returned"}),
+            )
+            .await?;
             return Ok(made);
         };
         let deadline = tokio::time::Instant::now() + self.settings.timeout;
@@ -391,20 +559,37 @@ impl Context {
                     return Err(CycleError::Timeout {
                         step: Step::Await,
                         after: self.settings.timeout,
-                        what: format!("backup {} did not complete (last stage {stage:?}); nothing was deleted", made.backup_id),
+                        what: format!(
+                            "backup {} did not complete (last stage {stage:?}); nothing was deleted",
+                            made.backup_id
+                        ),
                     });
                 }
                 Ok(None) => {
-                    return Err(CycleError::Ha { step: Step::Await, source: HaError::Closed });
+                    return Err(CycleError::Ha {
+                        step: Step::Await,
+                        source: HaError::Closed,
+                    });
                 }
                 Ok(Some(item)) => item,
             };
             match item {
                 SubItem::Event(v) => match BackupEvent::parse(&v) {
-                    Ok(BackupEvent::CreateBackup { state: BackupState::Completed, .. }) => break,
-                    Ok(BackupEvent::CreateBackup { state: BackupState::Failed, reason, .. }) => {
+                    Ok(BackupEvent::CreateBackup {
+                        state: BackupState::Completed,
+                        ..
+                    }) => break,
+                    Ok(BackupEvent::CreateBackup {
+                        state: BackupState::Failed,
+                        reason,
+                        ..
+                    }) => {
                         let reason = reason.unwrap_or_else(|| "no reason given".into());
-                        self.record("backup.failed", json!({"backup_id": made.backup_id, "reason": reason})).await?;
+                        self.record(
+                            "backup.failed",
+                            json!({"backup_id": made.backup_id, "reason": reason}),
+                        )
+                        .await?;
                         return Err(CycleError::BackupFailed { reason });
                     }
                     Ok(BackupEvent::CreateBackup { stage: s, .. }) => {
@@ -413,8 +598,15 @@ impl Context {
                             stage = s;
                         }
                     }
-                    Ok(BackupEvent::UploadProgress { uploaded_bytes, total_bytes, .. }) => {
-                        info!(uploaded_bytes, total_bytes, "Home Assistant is storing the backup");
+                    Ok(BackupEvent::UploadProgress {
+                        uploaded_bytes,
+                        total_bytes,
+                        ..
+                    }) => {
+                        info!(
+                            uploaded_bytes,
+                            total_bytes, "Home Assistant is storing the backup"
+                        );
                     }
                     Ok(_) => {}
                     Err(e) => warn!(error = %e, "ignoring a backup event"),
@@ -422,7 +614,9 @@ impl Context {
                 SubItem::Lagged(n) => warn!(dropped = n, "missed backup events"),
                 SubItem::Reconnected => {
                     // Events were missed: decide from HA's own state.
-                    warn!("reconnected while waiting; asking Home Assistant where the backup stands");
+                    warn!(
+                        "reconnected while waiting; asking Home Assistant where the backup stands"
+                    );
                     if let Some(done) = self.completion_after_reconnect(&made).await? {
                         if done {
                             break;
@@ -431,12 +625,27 @@ impl Context {
                 }
             }
         }
-        let details = self.client.backup_details(&made.backup_id).await.map_err(|source| CycleError::Ha { step: Step::Await, source })?;
+        let details = self
+            .client
+            .backup_details(&made.backup_id)
+            .await
+            .map_err(|source| CycleError::Ha {
+                step: Step::Await,
+                source,
+            })?;
         let made = match details {
-            Some(b) => Made { backup_id: made.backup_id, requested_name: made.requested_name, backup: Some(b) },
+            Some(b) => Made {
+                backup_id: made.backup_id,
+                requested_name: made.requested_name,
+                backup: Some(b),
+            },
             None => self.find_by_name_after_supervisor_job(&made).await?,
         };
-        self.record("backup.completed", json!({"backup_id": made.backup_id, "size": made.backup.as_ref().and_then(|b| b.size)})).await?;
+        self.record(
+            "backup.completed",
+            json!({"backup_id": made.backup_id, "size": made.backup.as_ref().and_then(|b| b.size)}),
+        )
+        .await?;
         Ok(made)
     }
 
@@ -445,7 +654,12 @@ impl Context {
         let info = match self.client.backup_info().await {
             Ok(i) => i,
             Err(e) if e.is_transient() => return Ok(None),
-            Err(source) => return Err(CycleError::Ha { step: Step::Await, source }),
+            Err(source) => {
+                return Err(CycleError::Ha {
+                    step: Step::Await,
+                    source,
+                });
+            }
         };
         if info.state == "create_backup" {
             return Ok(Some(false));
@@ -454,7 +668,11 @@ impl Context {
             return Ok(Some(true));
         }
         match info.last_action_event {
-            Some(BackupEvent::CreateBackup { state: BackupState::Failed, reason, .. }) => Err(CycleError::BackupFailed {
+            Some(BackupEvent::CreateBackup {
+                state: BackupState::Failed,
+                reason,
+                ..
+            }) => Err(CycleError::BackupFailed {
                 reason: reason.unwrap_or_else(|| "failed while hapull was disconnected".into()),
             }),
             _ => Ok(Some(false)),
@@ -464,7 +682,14 @@ impl Context {
     /// On Supervisor installs the job id is not the backup id: the new backup is the newest one with
     /// our name.
     async fn find_by_name_after_supervisor_job(&self, made: &Made) -> Result<Made, CycleError> {
-        let info = self.client.backup_info().await.map_err(|source| CycleError::Ha { step: Step::Await, source })?;
+        let info = self
+            .client
+            .backup_info()
+            .await
+            .map_err(|source| CycleError::Ha {
+                step: Step::Await,
+                source,
+            })?;
         let mut candidates: Vec<Backup> = info
             .backups
             .into_iter()
@@ -473,16 +698,29 @@ impl Context {
         candidates.sort_by(|a, b| a.date.cmp(&b.date));
         let b = candidates.pop().ok_or_else(|| CycleError::Refused {
             step: Step::Await,
-            message: format!("backup job {} completed but no such backup is listed", made.backup_id),
+            message: format!(
+                "backup job {} completed but no such backup is listed",
+                made.backup_id
+            ),
         })?;
-        Ok(Made { backup_id: b.backup_id.clone(), requested_name: None, backup: Some(b) })
+        Ok(Made {
+            backup_id: b.backup_id.clone(),
+            requested_name: None,
+            backup: Some(b),
+        })
     }
 
     /// Step 4: find the archive on the HA host: HA's file-name rule, confirmed by the archive's own
     /// `backup.json`; else peek the candidates in `remote_dir`.
     async fn locate(&self, api: BackupApi, made: &Made) -> Result<String, CycleError> {
-        let tr = |source| CycleError::Transfer { step: Step::Locate, source };
-        let id = safe_component(&made.backup_id).map_err(|e| CycleError::Refused { step: Step::Locate, message: e.to_string() })?;
+        let tr = |source| CycleError::Transfer {
+            step: Step::Locate,
+            source,
+        };
+        let id = safe_component(&made.backup_id).map_err(|e| CycleError::Refused {
+            step: Step::Locate,
+            message: e.to_string(),
+        })?;
         let mut guesses = Vec::new();
         if let Some(b) = &made.backup {
             if let Some(name) = ha_archive_file_name(&b.name, &b.date) {
@@ -497,7 +735,9 @@ impl Context {
         if matches!(api, BackupApi::Legacy { .. }) {
             guesses.push(format!("{id}.tar"));
         }
-        let session = Session::connect(&self.ssh, &self.settings.pull.session).await.map_err(tr)?;
+        let session = Session::connect(&self.ssh, &self.settings.pull.session)
+            .await
+            .map_err(tr)?;
         let result = async {
             for g in guesses {
                 let Ok(file) = safe_component(&g) else {
@@ -541,12 +781,21 @@ impl Context {
 
     /// Step 5: pull into the store's incoming folder (resumable).
     async fn pull(&self, made: &Made, remote: &str) -> Result<(PathBuf, PullOutcome), CycleError> {
-        let local = self.store.incoming_path(&made.backup_id).map_err(|source| CycleError::Store { step: Step::Pull, source })?;
+        let local = self
+            .store
+            .incoming_path(&made.backup_id)
+            .map_err(|source| CycleError::Store {
+                step: Step::Pull,
+                source,
+            })?;
         let mut opts = self.settings.pull.clone();
         opts.expected_size = made.backup.as_ref().and_then(|b| b.size);
         let outcome = transfer::pull(&self.ssh, remote, &local, &opts)
             .await
-            .map_err(|source| CycleError::Transfer { step: Step::Pull, source })?;
+            .map_err(|source| CycleError::Transfer {
+                step: Step::Pull,
+                source,
+            })?;
         info!(bytes = outcome.size, secs = outcome.duration.as_secs_f64(), sha256 = %outcome.sha256_hex(), "pulled");
         self.record(
             "pull.finished",
@@ -558,7 +807,13 @@ impl Context {
     }
 
     /// Step 6: verify the archive and commit it with its manifest.
-    async fn commit(&self, made: &Made, remote: &str, local: &Path, pulled: &PullOutcome) -> Result<StoredArchive, CycleError> {
+    async fn commit(
+        &self,
+        made: &Made,
+        remote: &str,
+        local: &Path,
+        pulled: &PullOutcome,
+    ) -> Result<StoredArchive, CycleError> {
         let info = CommitInfo {
             backup_id: made.backup_id.clone(),
             size: pulled.size,
@@ -575,7 +830,10 @@ impl Context {
         let local_owned = local.to_path_buf();
         let result = tokio::task::spawn_blocking(move || store.commit(&local_owned, &info))
             .await
-            .map_err(|e| CycleError::Refused { step: Step::Commit, message: format!("commit task failed: {e}") })?;
+            .map_err(|e| CycleError::Refused {
+                step: Step::Commit,
+                message: format!("commit task failed: {e}"),
+            })?;
         match result {
             Ok(archive) => {
                 info!(path = %archive.path.display(), "verified and committed");
@@ -589,8 +847,15 @@ impl Context {
             Err(e) => {
                 // A file that failed verification is not kept as if it were a backup; HA's copy stays.
                 let _ = std::fs::remove_file(local);
-                self.record("verify.failed", json!({"backup_id": made.backup_id, "remote": remote, "error": e.to_string()})).await?;
-                Err(CycleError::Store { step: Step::Commit, source: e })
+                self.record(
+                    "verify.failed",
+                    json!({"backup_id": made.backup_id, "remote": remote, "error": e.to_string()}),
+                )
+                .await?;
+                Err(CycleError::Store {
+                    step: Step::Commit,
+                    source: e,
+                })
             }
         }
     }
@@ -602,7 +867,10 @@ impl Context {
             // The recipe's delete command is the clean-up in this mode.
             return Ok(Vec::new());
         }
-        let ha = |source| CycleError::Ha { step: Step::CleanUpHa, source };
+        let ha = |source| CycleError::Ha {
+            step: Step::CleanUpHa,
+            source,
+        };
         let made_ids = read_made(self.store.root());
         let mut ours: Vec<Backup> = self
             .client
@@ -622,10 +890,18 @@ impl Context {
             }
             match api {
                 BackupApi::Modern => self.client.backup_delete(&b.backup_id).await.map_err(ha)?,
-                BackupApi::Legacy { .. } => self.client.legacy_backup_remove(&b.backup_id).await.map_err(ha)?,
+                BackupApi::Legacy { .. } => self
+                    .client
+                    .legacy_backup_remove(&b.backup_id)
+                    .await
+                    .map_err(ha)?,
             }
             info!(backup_id = %b.backup_id, "deleted from Home Assistant (verified local copy exists)");
-            self.record("ha.deleted", json!({"backup_id": b.backup_id, "name": b.name})).await?;
+            self.record(
+                "ha.deleted",
+                json!({"backup_id": b.backup_id, "name": b.name}),
+            )
+            .await?;
             deleted.push(b.backup_id);
         }
         Ok(deleted)
@@ -641,11 +917,21 @@ impl Context {
         let tz = self.settings.timezone.clone();
         let decisions = tokio::task::spawn_blocking(move || store.prune(&policy, &tz, false))
             .await
-            .map_err(|e| CycleError::Refused { step: Step::Retention, message: e.to_string() })?
-            .map_err(|source| CycleError::Store { step: Step::Retention, source })?;
+            .map_err(|e| CycleError::Refused {
+                step: Step::Retention,
+                message: e.to_string(),
+            })?
+            .map_err(|source| CycleError::Store {
+                step: Step::Retention,
+                source,
+            })?;
         let mut pruned = Vec::new();
         for d in decisions.into_iter().filter(|d| !d.keep) {
-            self.record("store.pruned", json!({"backup_id": d.archive.manifest.backup_id, "path": d.archive.relative_path})).await?;
+            self.record(
+                "store.pruned",
+                json!({"backup_id": d.archive.manifest.backup_id, "path": d.archive.relative_path}),
+            )
+            .await?;
             pruned.push(d.archive.manifest.backup_id);
         }
         Ok(pruned)
@@ -654,7 +940,10 @@ impl Context {
 
 /// Reads `backup.json`'s slug from the first member of a remote archive.
 async fn peek_slug(session: &Session, path: &str) -> Result<String, String> {
-    let bytes = session.read_tar_member(path, "./backup.json", 1 << 20).await.map_err(|e| e.to_string())?;
+    let bytes = session
+        .read_tar_member(path, "./backup.json", 1 << 20)
+        .await
+        .map_err(|e| e.to_string())?;
     #[derive(Deserialize)]
     struct Slug {
         slug: String,
@@ -735,7 +1024,11 @@ mod tests {
             Some("hapull_fixture_2026-11-26_09.07_39253410.tar")
         );
         assert_eq!(
-            ha_archive_file_name("Custom backup 2026.11.0", "2026-11-26T09:07:39.395316+00:00").as_deref(),
+            ha_archive_file_name(
+                "Custom backup 2026.11.0",
+                "2026-11-26T09:07:39.395316+00:00"
+            )
+            .as_deref(),
             Some("Custom_backup_2026.11.0_2026-11-26_09.07_39395316.tar")
         );
         assert_eq!(

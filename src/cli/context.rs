@@ -12,7 +12,10 @@ use crate::transfer::{HostKeyPolicy, PullOptions, SshTarget};
 
 pub(crate) fn ssh_target(cfg: &Config) -> anyhow::Result<SshTarget> {
     let Some(ssh) = &cfg.ssh else {
-        bail!("{}: section [ssh] is required for this command; see config/hapull.example.toml", cfg.path.display());
+        bail!(
+            "{}: section [ssh] is required for this command; see config/hapull.example.toml",
+            cfg.path.display()
+        );
     };
     Ok(SshTarget {
         host: ssh.host.clone(),
@@ -21,7 +24,10 @@ pub(crate) fn ssh_target(cfg: &Config) -> anyhow::Result<SshTarget> {
         identity_file: ssh.identity_file.clone(),
         passphrase: ssh.passphrase.clone(),
         host_keys: match &ssh.host_keys {
-            HostKeys::KnownHosts { path, trust_on_first_use } => HostKeyPolicy::KnownHosts {
+            HostKeys::KnownHosts {
+                path,
+                trust_on_first_use,
+            } => HostKeyPolicy::KnownHosts {
                 path: path.clone(),
                 trust_on_first_use: *trust_on_first_use,
             },
@@ -32,13 +38,20 @@ pub(crate) fn ssh_target(cfg: &Config) -> anyhow::Result<SshTarget> {
 
 pub(crate) fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     let Some(store) = &cfg.store else {
-        bail!("{}: section [store] is required for this command; see config/hapull.example.toml", cfg.path.display());
+        bail!(
+            "{}: section [store] is required for this command; see config/hapull.example.toml",
+            cfg.path.display()
+        );
     };
     Store::open(&store.dir).with_context(|| format!("opening the store {}", store.dir.display()))
 }
 
 pub(crate) fn retention(cfg: &Config) -> RetentionPolicy {
-    let r = cfg.store.as_ref().map(|s| s.retention.clone()).unwrap_or_default();
+    let r = cfg
+        .store
+        .as_ref()
+        .map(|s| s.retention.clone())
+        .unwrap_or_default();
     RetentionPolicy {
         keep_last: r.keep_last,
         keep_hourly: r.keep_hourly,
@@ -50,7 +63,8 @@ pub(crate) fn retention(cfg: &Config) -> RetentionPolicy {
 }
 
 pub(crate) fn timezone(cfg: &Config) -> anyhow::Result<jiff::tz::TimeZone> {
-    jiff::tz::TimeZone::get(&cfg.schedule.timezone).with_context(|| format!("time zone {}", cfg.schedule.timezone))
+    jiff::tz::TimeZone::get(&cfg.schedule.timezone)
+        .with_context(|| format!("time zone {}", cfg.schedule.timezone))
 }
 
 pub(crate) async fn open_audit(cfg: &Config) -> anyhow::Result<Option<AuditLog>> {
@@ -59,12 +73,18 @@ pub(crate) async fn open_audit(cfg: &Config) -> anyhow::Result<Option<AuditLog>>
     opts.max_bytes = a.max_bytes;
     opts.max_age = a.max_age;
     opts.compress_rotated = a.compress_rotated;
-    let log = AuditLog::open(opts).await.with_context(|| format!("opening the audit log {}", a.path.display()))?;
+    let log = AuditLog::open(opts)
+        .await
+        .with_context(|| format!("opening the audit log {}", a.path.display()))?;
     Ok(Some(log))
 }
 
 /// Everything a cycle needs, connected.
-pub(crate) async fn build(cfg: &Config, reconnect: bool, progress: bool) -> anyhow::Result<Context> {
+pub(crate) async fn build(
+    cfg: &Config,
+    reconnect: bool,
+    progress: bool,
+) -> anyhow::Result<Context> {
     let ssh = ssh_target(cfg)?;
     let store = open_store(cfg)?;
     let ssh_cfg = cfg.ssh.as_ref().context("[ssh] is required")?;
@@ -85,7 +105,11 @@ pub(crate) async fn build(cfg: &Config, reconnect: bool, progress: bool) -> anyh
         timeout: cfg.backup.timeout,
         blocked_timeout: cfg.backup.blocked_timeout,
         remote_dir: ssh_cfg.remote_dir.clone(),
-        verify: cfg.store.as_ref().map(|s| s.verify).unwrap_or(crate::config::VerifyLevel::Full),
+        verify: cfg
+            .store
+            .as_ref()
+            .map(|s| s.verify)
+            .unwrap_or(crate::config::VerifyLevel::Full),
         retention: retention(cfg),
         timezone: timezone(cfg)?,
         pull,

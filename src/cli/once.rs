@@ -30,13 +30,21 @@ pub async fn run_pull(global: &Global, args: PullArgs) -> anyhow::Result<ExitCod
     finish(&ctx, outcome).await
 }
 
-async fn finish(ctx: &crate::cycle::Context, outcome: Result<Report, crate::cycle::CycleError>) -> anyhow::Result<ExitCode> {
+async fn finish(
+    ctx: &crate::cycle::Context,
+    outcome: Result<Report, crate::cycle::CycleError>,
+) -> anyhow::Result<ExitCode> {
     if let Some(audit) = &ctx.audit {
         audit.close().await?;
     }
     match outcome {
         Ok(r) => {
-            println!("committed {} ({} bytes, sha256 {})", r.archive.path.display(), r.pull.size, r.pull.sha256_hex());
+            println!(
+                "committed {} ({} bytes, sha256 {})",
+                r.archive.path.display(),
+                r.pull.size,
+                r.pull.sha256_hex()
+            );
             for id in &r.deleted_on_ha {
                 println!("deleted from Home Assistant: {id} (verified local copy exists)");
             }

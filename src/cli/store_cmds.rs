@@ -46,12 +46,25 @@ pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|b| json!({"backup_id": b.backup_id, "name": b.name, "date": b.date, "size": b.size, "protected": b.protected, "ha_version": b.ha_version}))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&json!({"state": list.state, "backups": items}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"state": list.state, "backups": items}))?
+            );
         } else {
             println!("{:<10} {:<34} {:>12}  NAME", "ID", "DATE", "SIZE");
             for b in &list.backups {
-                let size = b.size.map(|s| s.to_string()).or(b.size_mb_approx.map(|m| format!("~{m} MB"))).unwrap_or_default();
-                println!("{:<10} {:<34} {:>12}  {}", b.backup_id, b.date, size, b.name.escape_debug());
+                let size = b
+                    .size
+                    .map(|s| s.to_string())
+                    .or(b.size_mb_approx.map(|m| format!("~{m} MB")))
+                    .unwrap_or_default();
+                println!(
+                    "{:<10} {:<34} {:>12}  {}",
+                    b.backup_id,
+                    b.date,
+                    size,
+                    b.name.escape_debug()
+                );
             }
         }
         return Ok(ExitCode::from(EXIT_OK));
@@ -59,13 +72,29 @@ pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
     let store = super::context::open_store(&cfg)?;
     let listing = tokio::task::spawn_blocking(move || store.scan()).await??;
     if args.json {
-        let items: Vec<_> = listing.archives.iter().map(|a| json!({"path": a.relative_path, "manifest": a.manifest})).collect();
+        let items: Vec<_> = listing
+            .archives
+            .iter()
+            .map(|a| json!({"path": a.relative_path, "manifest": a.manifest}))
+            .collect();
         let problems: Vec<_> = listing.problems.iter().map(|p| p.to_string()).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"archives": items, "problems": problems}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"archives": items, "problems": problems}))?
+        );
     } else {
         println!("{:<10} {:<22} {:>12}  PATH", "ID", "PULLED AT", "SIZE");
         for a in &listing.archives {
-            println!("{:<10} {:<22} {:>12}  {}", a.manifest.backup_id, a.manifest.pulled_at.strftime("%Y-%m-%d %H:%M:%SZ").to_string(), a.manifest.size, a.relative_path);
+            println!(
+                "{:<10} {:<22} {:>12}  {}",
+                a.manifest.backup_id,
+                a.manifest
+                    .pulled_at
+                    .strftime("%Y-%m-%d %H:%M:%SZ")
+                    .to_string(),
+                a.manifest.size,
+                a.relative_path
+            );
         }
         for p in &listing.problems {
             eprintln!("problem: {p}");
@@ -79,23 +108,38 @@ pub async fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<ExitCod
     let store = super::context::open_store(&cfg)?;
     let failed = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
         let archives = match &args.backup_id {
-            Some(id) => vec![store.find(id)?.with_context(|| format!("no archive of backup {id} in the store"))?],
+            Some(id) => vec![
+                store
+                    .find(id)?
+                    .with_context(|| format!("no archive of backup {id} in the store"))?,
+            ],
             None => store.list()?,
         };
         let mut failed = 0;
         for a in &archives {
             let report = store.verify(a)?;
             if report.is_ok() {
-                println!("ok      {}  sha256 {}", report.relative_path, report.actual_sha256);
+                println!(
+                    "ok      {}  sha256 {}",
+                    report.relative_path, report.actual_sha256
+                );
             } else {
                 failed += 1;
-                println!("FAILED  {}: {}", report.relative_path, report.problems.join("; "));
+                println!(
+                    "FAILED  {}: {}",
+                    report.relative_path,
+                    report.problems.join("; ")
+                );
             }
         }
         Ok(failed)
     })
     .await??;
-    Ok(ExitCode::from(if failed == 0 { EXIT_OK } else { EXIT_FAILED }))
+    Ok(ExitCode::from(if failed == 0 {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }))
 }
 
 pub async fn prune(global: &Global, args: PruneArgs) -> anyhow::Result<ExitCode> {
@@ -109,16 +153,31 @@ pub async fn prune(global: &Global, args: PruneArgs) -> anyhow::Result<ExitCode>
     }
     let audit = super::context::open_audit(&cfg).await?;
     let dry_run = args.dry_run;
-    let decisions = tokio::task::spawn_blocking(move || store.prune(&policy, &tz, dry_run)).await??;
+    let decisions =
+        tokio::task::spawn_blocking(move || store.prune(&policy, &tz, dry_run)).await??;
     for d in &decisions {
-        let verdict = if d.keep { "keep  " } else if dry_run { "would delete" } else { "delete" };
-        let why = if d.reasons.is_empty() { "no rule keeps it".to_string() } else { d.reasons.join(", ") };
+        let verdict = if d.keep {
+            "keep  "
+        } else if dry_run {
+            "would delete"
+        } else {
+            "delete"
+        };
+        let why = if d.reasons.is_empty() {
+            "no rule keeps it".to_string()
+        } else {
+            d.reasons.join(", ")
+        };
         println!("{verdict}  {}  ({why})", d.archive.relative_path);
         if !d.keep
             && !dry_run
             && let Some(a) = &audit
         {
-            a.step("store.pruned", json!({"backup_id": d.archive.manifest.backup_id, "path": d.archive.relative_path})).await?;
+            a.step(
+                "store.pruned",
+                json!({"backup_id": d.archive.manifest.backup_id, "path": d.archive.relative_path}),
+            )
+            .await?;
         }
     }
     if let Some(a) = audit {

@@ -323,6 +323,15 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<SubItem> {
         self.events.recv().await
     }
+
+    /// Takes everything already received without waiting (e.g. events of an earlier backup job).
+    pub fn drain(&mut self) -> Vec<SubItem> {
+        let mut out = Vec::new();
+        while let Ok(item) = self.events.try_recv() {
+            out.push(item);
+        }
+        out
+    }
 }
 
 impl Drop for Subscription {
