@@ -319,7 +319,7 @@ impl Context {
         let now = Timestamp::now().to_zoned(self.settings.timezone.clone());
         self.settings
             .name_template
-            .replace("{date}", &now.strftime("%Y-%m-%d %H:%M").to_string())
+            .replace("{date}", &now.strftime("%Y-%m-%d %H.%M").to_string())
     }
 
     /// Step 2: ask Home Assistant for a backup.
@@ -882,6 +882,37 @@ impl Context {
             .filter(|b| self.settings.prune_foreign || made_ids.contains(&b.backup_id))
             .collect();
         ours.sort_by(|a, b| b.date.cmp(&a.date));
+        // hapull's own backups that an earlier, failed cycle left without a local copy are pulled now,
+        // so a bad hour does not leave a hole in the history (a few per cycle, newest first).
+        let mut caught_up = 0;
+        for b in &ours {
+            if caught_up >= 3
+                || !made_ids.contains(&b.backup_id)
+                || self.has_verified_copy(&b.backup_id)
+            {
+                continue;
+            }
+            caught_up += 1;
+            let made = Made {
+                backup_id: b.backup_id.clone(),
+                requested_name: None,
+                backup: Some(b.clone()),
+            };
+            let saved = async {
+                let remote = self.locate(api, &made).await?;
+                let (local, pulled) = self.pull(&made, &remote).await?;
+                self.commit(&made, &remote, &local, &pulled).await
+            }
+            .await;
+            match saved {
+                Ok(a) => {
+                    info!(backup_id = %b.backup_id, path = %a.relative_path, "pulled an earlier backup that had no local copy")
+                }
+                Err(e) => {
+                    warn!(backup_id = %b.backup_id, error = %e, "an earlier backup still has no local copy; it stays in Home Assistant")
+                }
+            }
+        }
         let mut deleted = Vec::new();
         for b in ours.into_iter().skip(self.settings.keep_on_ha as usize) {
             if !self.has_verified_copy(&b.backup_id) {
