@@ -23,10 +23,6 @@ fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
 
-fn berlin() -> TimeZone {
-    TimeZone::get("Europe/Berlin").unwrap()
-}
-
 fn schedule(expr: &str, tz: &str) -> Schedule {
     Schedule::parse(expr, TimeZone::get(tz).unwrap()).unwrap()
 }
