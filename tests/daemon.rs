@@ -1206,6 +1206,7 @@ fn webhook_urls_are_parsed_and_never_shown_whole() {
         ("https://host:99999/", "port"),
         (&format!("https://host/{SECRET} x"), "spaces"),
         ("https://ho st/", "spaces"),
+        ("http://a:b:80/", "host has characters"),
     ] {
         let err = WebhookUrl::parse("webhook_failure", bad).unwrap_err();
         let text = err.to_string();

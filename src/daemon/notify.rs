@@ -126,10 +126,10 @@ impl WebhookUrl {
         if host.is_empty() {
             return Err(bad("the host is missing"));
         }
-        if !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
-        {
+        let bracketed = authority.starts_with('[');
+        if !host.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') || (bracketed && c == ':')
+        }) {
             return Err(bad("the host has characters a host name cannot have"));
         }
         let path = if path.is_empty() {
