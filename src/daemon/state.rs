@@ -1,0 +1,185 @@
+//! The daemon's small state file: when the last scheduled run was due, when the last cycle
+//! succeeded, when the daemon started.
+//!
+//! It lets a restarted daemon catch up a run missed while the machine was down, and lets
+//! `hapull health` (a separate process) judge health by the same rule as `/healthz`. It holds only
+//! timestamps, never secrets, and it is not the audit log: losing it costs at most one extra run.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Reading or writing the state file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read the state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the state file {path} is damaged ({reason}); delete it (it only holds the last run and success times) and hapull will start afresh"
+    )]
+    Damaged { path: PathBuf, reason: String },
+    #[error(
+        "cannot write the state file {path}: {source}; check that the folder exists and is writable by hapull"
+    )]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the state file records. Missing values are `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct State {
+    /// The scheduled instant of the last run the scheduler handled (started or skipped).
+    pub last_scheduled_run: Option<Timestamp>,
+    /// When the last cycle succeeded.
+    pub last_success: Option<Timestamp>,
+    /// When the daemon last started.
+    pub started_at: Option<Timestamp>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct OnDisk {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_scheduled_run: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_success: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_at: Option<String>,
+}
+
+impl State {
+    /// Reads the state at `path`; a file that does not exist yet is an empty state.
+    pub fn read(path: &Path) -> Result<State, StateError> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let damaged = |reason: String| StateError::Damaged {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let disk: OnDisk = serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
+        let ts = |name: &str, v: Option<String>| -> Result<Option<Timestamp>, StateError> {
+            v.map(|s| {
+                s.parse::<Timestamp>()
+                    .map_err(|e| damaged(format!("{name} {s:?} is not a timestamp: {e}")))
+            })
+            .transpose()
+        };
+        Ok(State {
+            last_scheduled_run: ts("last_scheduled_run", disk.last_scheduled_run)?,
+            last_success: ts("last_success", disk.last_success)?,
+            started_at: ts("started_at", disk.started_at)?,
+        })
+    }
+
+    /// Writes the state to `path` so that a crash leaves either the old or the new file: a
+    /// temporary file in the same folder, fsync, rename, fsync the folder.
+    pub fn write(&self, path: &Path) -> Result<(), StateError> {
+        let werr = |source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let disk = OnDisk {
+            last_scheduled_run: self.last_scheduled_run.map(|t| t.to_string()),
+            last_success: self.last_success.map(|t| t.to_string()),
+            started_at: self.started_at.map(|t| t.to_string()),
+        };
+        let mut text =
+            serde_json::to_string_pretty(&disk).map_err(|e| werr(std::io::Error::other(e)))?;
+        text.push('\n');
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "state".to_string());
+        let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+        let result = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            fs::File::open(&dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(werr)
+    }
+}
+
+/// The state file shared by the scheduler and the status code of one daemon: every update is
+/// written through at once. Cheap to clone. Writes are small and synchronous.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: Arc<PathBuf>,
+    state: Arc<Mutex<State>>,
+}
+
+impl StateFile {
+    /// Loads the state at `path` (empty if the file does not exist yet).
+    pub fn open(path: impl Into<PathBuf>) -> Result<StateFile, StateError> {
+        let path = path.into();
+        let state = State::read(&path)?;
+        Ok(StateFile {
+            path: Arc::new(path),
+            state: Arc::new(Mutex::new(state)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state as last read or written.
+    pub fn get(&self) -> State {
+        *self.lock()
+    }
+
+    /// Records that the daemon started at `at`.
+    pub fn record_start(&self, at: Timestamp) -> Result<(), StateError> {
+        self.update(|s| s.started_at = Some(at))
+    }
+
+    /// Records that the scheduled run due at `at` was handled (started or skipped).
+    pub fn record_scheduled_run(&self, at: Timestamp) -> Result<(), StateError> {
+        self.update(|s| s.last_scheduled_run = Some(at))
+    }
+
+    /// Records a successful cycle that finished at `at`.
+    pub fn record_success(&self, at: Timestamp) -> Result<(), StateError> {
+        self.update(|s| s.last_success = Some(at))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) -> Result<(), StateError> {
+        let mut guard = self.lock();
+        let mut next = *guard;
+        f(&mut next);
+        next.write(&self.path)?;
+        *guard = next;
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is plain data that is only replaced whole: a panic elsewhere cannot leave it
+        // half-updated, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
