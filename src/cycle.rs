@@ -617,10 +617,8 @@ impl Context {
                     warn!(
                         "reconnected while waiting; asking Home Assistant where the backup stands"
                     );
-                    if let Some(done) = self.completion_after_reconnect(&made).await? {
-                        if done {
-                            break;
-                        }
+                    if self.completion_after_reconnect(&made).await? == Some(true) {
+                        break;
                     }
                 }
             }
@@ -754,7 +752,7 @@ impl Context {
             // Fall back: peek the newest archives in the folder.
             let mut entries = session.list_dir(&self.settings.remote_dir).await.map_err(tr)?;
             entries.retain(|e| e.is_file && e.name.ends_with(".tar"));
-            entries.sort_by(|a, b| b.mtime.cmp(&a.mtime));
+            entries.sort_by_key(|e| std::cmp::Reverse(e.mtime));
             for e in entries.into_iter().take(64) {
                 let Ok(file) = safe_component(&e.name) else { continue };
                 let path = remote_join(&self.settings.remote_dir, &file);
@@ -837,6 +835,9 @@ impl Context {
         match result {
             Ok(archive) => {
                 info!(path = %archive.path.display(), "verified and committed");
+                if let Err(e) = remember_committed(self.store.root(), &made.backup_id) {
+                    warn!(error = %e, "cannot note the commit in the store's list of hapull's backups");
+                }
                 self.record(
                     "archive.committed",
                     json!({"backup_id": made.backup_id, "path": archive.relative_path, "sha256": archive.manifest.sha256, "size": archive.manifest.size}),
@@ -872,6 +873,7 @@ impl Context {
             source,
         };
         let made_ids = read_made(self.store.root());
+        let committed_ids = read_committed(self.store.root());
         let mut ours: Vec<Backup> = self
             .client
             .backup_info()
@@ -886,8 +888,11 @@ impl Context {
         // so a bad hour does not leave a hole in the history (a few per cycle, newest first).
         let mut caught_up = 0;
         for b in &ours {
+            // Only a failed cycle's backup that was never committed: one committed and since pruned
+            // by retention is not pulled again.
             if caught_up >= 3
                 || !made_ids.contains(&b.backup_id)
+                || committed_ids.contains(&b.backup_id)
                 || self.has_verified_copy(&b.backup_id)
             {
                 continue;
@@ -944,7 +949,7 @@ impl Context {
             return Ok(Vec::new());
         }
         let store = self.store.clone();
-        let policy = self.settings.retention.clone();
+        let policy = self.settings.retention;
         let tz = self.settings.timezone.clone();
         let decisions = tokio::task::spawn_blocking(move || store.prune(&policy, &tz, false))
             .await
@@ -1011,29 +1016,55 @@ const MADE_FILE: &str = ".hapull-made.json";
 
 #[derive(Default, Serialize, Deserialize)]
 struct MadeIds {
+    /// Backups hapull asked Home Assistant for.
     ids: Vec<String>,
+    /// Those of them committed to the store at least once (retention may have pruned them since).
+    #[serde(default)]
+    committed: Vec<String>,
 }
 
-fn read_made(root: &Path) -> BTreeSet<String> {
+fn read_made_file(root: &Path) -> MadeIds {
     std::fs::read(root.join(MADE_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice::<MadeIds>(&b).ok())
-        .map(|m| m.ids.into_iter().collect())
         .unwrap_or_default()
 }
 
+fn read_made(root: &Path) -> BTreeSet<String> {
+    read_made_file(root).ids.into_iter().collect()
+}
+
+fn read_committed(root: &Path) -> BTreeSet<String> {
+    read_made_file(root).committed.into_iter().collect()
+}
+
 fn remember_made(root: &Path, id: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut ids = read_made(root);
-    if !ids.insert(id.to_string()) {
-        return Ok(());
+    update_made(root, |m| push_unique(&mut m.ids, id))
+}
+
+fn remember_committed(root: &Path, id: &str) -> std::io::Result<()> {
+    update_made(root, |m| push_unique(&mut m.committed, id))
+}
+
+fn push_unique(list: &mut Vec<String>, id: &str) -> bool {
+    if list.iter().any(|x| x == id) {
+        return false;
     }
+    list.push(id.to_string());
     // Bounded: ids of backups long gone are of no use.
-    let mut list: Vec<String> = ids.into_iter().collect();
     if list.len() > 10_000 {
         list.drain(..list.len() - 10_000);
     }
-    let body = serde_json::to_vec_pretty(&MadeIds { ids: list })?;
+    true
+}
+
+fn update_made(root: &Path, change: impl FnOnce(&mut MadeIds) -> bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut made = read_made_file(root);
+    if !change(&mut made) {
+        return Ok(());
+    }
+    let body = serde_json::to_vec_pretty(&made)?;
     std::fs::create_dir_all(root)?;
     let tmp = root.join(format!("{MADE_FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;

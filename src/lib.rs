@@ -12,6 +12,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod ha;
 pub mod secret;
+pub mod service;
 pub mod sim;
 pub mod store;
 pub mod transfer;

@@ -6,6 +6,7 @@ mod check;
 mod context;
 mod events;
 mod once;
+mod run;
 mod store_cmds;
 mod trust_host;
 
@@ -16,7 +17,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
-use crate::ha::{Client, ClientOptions};
+use crate::ha::Client;
 
 /// Success.
 pub const EXIT_OK: u8 = 0;
@@ -62,6 +63,11 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print Home Assistant events as JSON lines until interrupted.
     Events(events::EventsArgs),
+    /// Run as a daemon: cycles on the schedule, one Home Assistant connection kept open, status
+    /// endpoint, notifications. Stops cleanly on SIGTERM/SIGINT.
+    Run(run::RunArgs),
+    /// Exit 0 when the last successful cycle is recent enough (for Docker's HEALTHCHECK), else 1.
+    Health(run::HealthArgs),
     /// Run one backup cycle now: create, await, pull, verify, commit, clean up. Exit 0 only when an
     /// archive was committed.
     Once(once::OnceArgs),
@@ -104,6 +110,8 @@ pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Check(args) => check::run(&cli.global, args).await,
         Command::Events(args) => events::run(&cli.global, args).await,
+        Command::Run(args) => run::run(&cli.global, args).await,
+        Command::Health(args) => run::health(&cli.global, args).await,
         Command::Once(args) => once::run_once(&cli.global, args).await,
         Command::Pull(args) => once::run_pull(&cli.global, args).await,
         Command::List(args) => store_cmds::list(&cli.global, args).await,
@@ -148,20 +156,8 @@ pub(crate) fn load_config(global: &Global) -> anyhow::Result<Config> {
     Ok(loaded.config)
 }
 
-/// Client options from the config.
-pub(crate) fn client_options(cfg: &Config, reconnect: bool) -> anyhow::Result<ClientOptions> {
-    let ha = &cfg.home_assistant;
-    let mut opts =
-        ClientOptions::new(ha.endpoint.clone(), ha.token.clone(), ha.ca_file.as_deref())?;
-    opts.request_timeout = ha.request_timeout;
-    opts.heartbeat_interval = ha.heartbeat_interval;
-    opts.max_message_size = ha.max_message_size;
-    opts.reconnect = reconnect;
-    Ok(opts)
-}
-
 pub(crate) async fn connect(cfg: &Config, reconnect: bool) -> anyhow::Result<Client> {
-    let opts = client_options(cfg, reconnect)?;
+    let opts = crate::service::client_options(cfg, reconnect)?;
     Client::connect(opts).await.with_context(|| {
         format!(
             "connecting to Home Assistant at {}",

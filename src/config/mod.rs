@@ -127,6 +127,10 @@ pub struct Schedule {
     pub timezone: String,
     pub jitter: Duration,
     pub run_on_start: bool,
+    /// Where the daemon remembers its last runs (also read by `hapull health`).
+    pub state_file: PathBuf,
+    /// How long a running cycle may go on after SIGTERM before it is cut (leaving a resumable partial).
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +161,10 @@ pub struct Audit {
     pub path: PathBuf,
     pub instance: String,
     pub record_events: Vec<String>,
+    /// Only events whose `data.domain` is one of these (empty: any).
+    pub record_domains: Vec<String>,
+    /// Only events whose `data.entity_id` is one of these (empty: any).
+    pub record_entity_ids: Vec<String>,
     pub max_bytes: Option<u64>,
     pub max_age: Option<Duration>,
     pub compress_rotated: bool,
@@ -626,11 +634,26 @@ impl Validator<'_> {
             ));
         }
         let cron = r.cron.unwrap_or_else(|| "5 * * * *".to_string());
+        if let Ok(tz) = jiff::tz::TimeZone::get(&timezone)
+            && let Err(e) = crate::daemon::Schedule::parse(&cron, tz)
+        {
+            return Err(self.err(S, "cron", format!("{cron:?}: {e}")));
+        }
         Ok(Schedule {
             cron,
             timezone,
             jitter: self.duration(S, "jitter", r.jitter.as_deref().unwrap_or("0s"))?,
             run_on_start: r.run_on_start.unwrap_or(false),
+            state_file: self.resolve(
+                r.state_file
+                    .as_deref()
+                    .unwrap_or("/var/lib/hapull/state.json"),
+            ),
+            shutdown_grace: self.duration(
+                S,
+                "shutdown_grace",
+                r.shutdown_grace.as_deref().unwrap_or("2m"),
+            )?,
         })
     }
 
@@ -678,6 +701,8 @@ impl Validator<'_> {
             path,
             instance: r.instance.unwrap_or_else(|| "hapull".to_string()),
             record_events: r.record_events.unwrap_or_default(),
+            record_domains: r.record_domains.unwrap_or_default(),
+            record_entity_ids: r.record_entity_ids.unwrap_or_default(),
             max_bytes: r
                 .max_bytes
                 .map(|s| parse_size(&s).map_err(|e| self.err(S, "max_bytes", e)))

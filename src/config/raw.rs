@@ -92,6 +92,8 @@ pub struct Schedule {
     pub timezone: Option<String>,
     pub jitter: Option<String>,
     pub run_on_start: Option<bool>,
+    pub state_file: Option<String>,
+    pub shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +115,8 @@ pub struct Audit {
     pub path: Option<String>,
     pub instance: Option<String>,
     pub record_events: Option<Vec<String>>,
+    pub record_domains: Option<Vec<String>>,
+    pub record_entity_ids: Option<Vec<String>>,
     pub max_bytes: Option<String>,
     pub max_age: Option<String>,
     pub compress_rotated: Option<bool>,

@@ -149,6 +149,10 @@ fn bad_values_say_what_to_write() {
             "absolute",
         ),
         ("[nonsense]\n", "unknown field"),
+        (
+            &format!("{base}[schedule]\ncron = \"61 * * * *\"\n"),
+            "minute field",
+        ),
     ];
     for (body, want) in cases {
         let e = load_str(dir.path(), body).unwrap_err().to_string();

@@ -1,0 +1,522 @@
+//! The long-running service behind `hapull run`, and the wiring from the validated config to the
+//! parts the cycle works with (also used by the one-shot commands).
+//!
+//! It keeps one Home Assistant connection open between cycles, runs the cycle on the schedule (never
+//! two at once), records chosen HA events in the audit log, keeps state, metrics and health, sends
+//! notifications, and stops cleanly when asked: scheduling stops, a running cycle may finish within the
+//! grace period, else it is cut, leaving a resumable partial file.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::audit::{AuditLog, AuditOptions};
+use crate::config::{Config, HostKeys, VerifyLevel};
+use crate::cycle::{Context, Report, Settings};
+use crate::daemon::{
+    Clock, CycleReport, Metrics, Notifier, Outcome, RunReason, Schedule, Scheduler, StateFile,
+    StatusServer, Tick,
+};
+use crate::ha::{Client, ClientOptions, ConnectionState, HaError, SubItem};
+use crate::store::{RetentionPolicy, Store};
+use crate::transfer::{HostKeyPolicy, PullOptions, SshTarget};
+
+/// Why the service (or building a cycle's context) failed. Messages say what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Ha(#[from] HaError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn setup(what: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Setup(what.to_string())
+}
+
+pub fn ssh_target(cfg: &Config) -> Result<SshTarget, ServiceError> {
+    let ssh = cfg.ssh.as_ref().ok_or_else(|| {
+        ServiceError::Config(format!(
+            "{}: section [ssh] is required; see config/hapull.example.toml",
+            cfg.path.display()
+        ))
+    })?;
+    Ok(SshTarget {
+        host: ssh.host.clone(),
+        port: ssh.port,
+        user: ssh.user.clone(),
+        identity_file: ssh.identity_file.clone(),
+        passphrase: ssh.passphrase.clone(),
+        host_keys: match &ssh.host_keys {
+            HostKeys::KnownHosts {
+                path,
+                trust_on_first_use,
+            } => HostKeyPolicy::KnownHosts {
+                path: path.clone(),
+                trust_on_first_use: *trust_on_first_use,
+            },
+            HostKeys::Pinned(keys) => HostKeyPolicy::Pinned(keys.clone()),
+        },
+    })
+}
+
+pub fn open_store(cfg: &Config) -> Result<Store, ServiceError> {
+    let store = cfg.store.as_ref().ok_or_else(|| {
+        ServiceError::Config(format!(
+            "{}: section [store] is required; see config/hapull.example.toml",
+            cfg.path.display()
+        ))
+    })?;
+    Store::open(&store.dir)
+        .map_err(|e| setup(format!("opening the store {}: {e}", store.dir.display())))
+}
+
+pub fn retention(cfg: &Config) -> RetentionPolicy {
+    let r = cfg
+        .store
+        .as_ref()
+        .map(|s| s.retention.clone())
+        .unwrap_or_default();
+    RetentionPolicy {
+        keep_last: r.keep_last,
+        keep_hourly: r.keep_hourly,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+        keep_monthly: r.keep_monthly,
+        keep_yearly: r.keep_yearly,
+    }
+}
+
+pub fn timezone(cfg: &Config) -> Result<jiff::tz::TimeZone, ServiceError> {
+    jiff::tz::TimeZone::get(&cfg.schedule.timezone)
+        .map_err(|e| ServiceError::Config(format!("time zone {}: {e}", cfg.schedule.timezone)))
+}
+
+pub async fn open_audit(cfg: &Config) -> Result<Option<AuditLog>, ServiceError> {
+    let Some(a) = &cfg.audit else { return Ok(None) };
+    let mut opts = AuditOptions::new(&a.path, &a.instance);
+    opts.max_bytes = a.max_bytes;
+    opts.max_age = a.max_age;
+    opts.compress_rotated = a.compress_rotated;
+    let log = AuditLog::open(opts)
+        .await
+        .map_err(|e| setup(format!("opening the audit log {}: {e}", a.path.display())))?;
+    Ok(Some(log))
+}
+
+/// Client options from the config.
+pub fn client_options(cfg: &Config, reconnect: bool) -> Result<ClientOptions, ServiceError> {
+    let ha = &cfg.home_assistant;
+    let mut opts =
+        ClientOptions::new(ha.endpoint.clone(), ha.token.clone(), ha.ca_file.as_deref())?;
+    opts.request_timeout = ha.request_timeout;
+    opts.heartbeat_interval = ha.heartbeat_interval;
+    opts.max_message_size = ha.max_message_size;
+    opts.reconnect = reconnect;
+    Ok(opts)
+}
+
+pub fn settings(cfg: &Config, progress: bool) -> Result<Settings, ServiceError> {
+    let ssh = cfg
+        .ssh
+        .as_ref()
+        .ok_or_else(|| ServiceError::Config("[ssh] is required".into()))?;
+    let mut pull = PullOptions {
+        bandwidth_limit: ssh.bandwidth_limit,
+        progress,
+        ..PullOptions::default()
+    };
+    pull.session.connect_timeout = ssh.connect_timeout;
+    Ok(Settings {
+        mode: cfg.backup.mode,
+        shell_command: cfg.backup.shell_command.clone(),
+        name_template: cfg.backup.name.clone(),
+        include_database: cfg.backup.include_database,
+        password: cfg.backup.password.clone(),
+        keep_on_ha: cfg.backup.keep_on_ha,
+        prune_foreign: cfg.backup.prune_foreign,
+        timeout: cfg.backup.timeout,
+        blocked_timeout: cfg.backup.blocked_timeout,
+        remote_dir: ssh.remote_dir.clone(),
+        verify: cfg
+            .store
+            .as_ref()
+            .map(|s| s.verify)
+            .unwrap_or(VerifyLevel::Full),
+        retention: retention(cfg),
+        timezone: timezone(cfg)?,
+        pull,
+    })
+}
+
+/// The cycle's context over an already connected client.
+pub async fn context(
+    cfg: &Config,
+    client: Client,
+    audit: Option<AuditLog>,
+    progress: bool,
+) -> Result<Context, ServiceError> {
+    Ok(Context {
+        client,
+        ssh: ssh_target(cfg)?,
+        store: Arc::new(open_store(cfg)?),
+        audit,
+        settings: settings(cfg, progress)?,
+    })
+}
+
+/// Connects, retrying transient failures with capped backoff until `shutdown` resolves; a refused
+/// token or a bad certificate ends at once. `None` when shut down first.
+async fn connect_with_retry(
+    cfg: &Config,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<Client>, ServiceError> {
+    let opts = client_options(cfg, true)?;
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match Client::connect(opts.clone()).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, retry_in = ?delay, "Home Assistant is not reachable yet");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let jittered =
+            delay + Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 4));
+        tokio::select! {
+            _ = tokio::time::sleep(jittered) => {}
+            _ = &mut *shutdown => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// Runs the service until `shutdown` resolves (first signal: graceful) — a second resolution of
+/// `force` cuts a running cycle at once.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    force: impl Future<Output = ()> + Send,
+) -> Result<(), ServiceError> {
+    let clock = Clock::system();
+    let tz = timezone(&cfg)?;
+    let schedule = Schedule::parse(&cfg.schedule.cron, tz)
+        .map_err(|e| ServiceError::Config(format!("[schedule] cron: {e}")))?;
+    if let Some(dir) = cfg.schedule.state_file.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| setup(format!("creating {}: {e}", dir.display())))?;
+    }
+    let state = StateFile::open(&cfg.schedule.state_file).map_err(setup)?;
+    state.record_start(clock.now()).map_err(setup)?;
+    let metrics = Metrics::new(env!("CARGO_PKG_VERSION"), clock.now());
+    if let Some(at) = state.get().last_success {
+        metrics.set_last_success(at);
+    }
+    let notifier = Notifier::new(
+        cfg.notify.webhook_success.as_deref(),
+        cfg.notify.webhook_failure.as_deref(),
+    )
+    .map_err(setup)?;
+
+    let (stop_tx, _) = tokio::sync::watch::channel(false);
+
+    if let Some(addr) = cfg.status.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| setup(format!("[status] listen {addr}: {e}")))?;
+        info!(%addr, "status endpoint: /healthz and /metrics");
+        let server = StatusServer::new(metrics.clone(), cfg.status.max_age, clock.clone());
+        let mut stop_rx = stop_tx.subscribe();
+        tokio::spawn(server.serve(listener, async move {
+            let _ = stop_rx.wait_for(|v| *v).await;
+        }));
+    }
+
+    let mut shutdown = Box::pin(shutdown);
+    let audit = open_audit(&cfg).await?;
+    let Some(client) = connect_with_retry(&cfg, &mut shutdown).await? else {
+        close_audit(&audit).await;
+        return Ok(());
+    };
+    info!(ha_version = %client.ha_version(), endpoint = %cfg.home_assistant.endpoint, "connected to Home Assistant");
+    metrics.set_ha_connected(true);
+    tokio::spawn(watch_connection(
+        client.clone(),
+        metrics.clone(),
+        audit.clone(),
+    ));
+    if let (Some(a), Some(acfg)) = (&audit, &cfg.audit) {
+        for t in &acfg.record_events {
+            match client.subscribe_events(Some(t)).await {
+                Ok(sub) => {
+                    tokio::spawn(record_events(
+                        sub,
+                        a.clone(),
+                        t.clone(),
+                        acfg.record_domains.clone(),
+                        acfg.record_entity_ids.clone(),
+                    ));
+                }
+                Err(e) => warn!(event_type = %t, error = %e, "cannot record this event type"),
+            }
+        }
+    }
+    let ctx = context(&cfg, client.clone(), audit.clone(), false).await?;
+    let mut scheduler = Scheduler::new(schedule, clock.clone(), state.clone())
+        .with_jitter(cfg.schedule.jitter)
+        .with_run_on_start(cfg.schedule.run_on_start);
+    info!(cron = %cfg.schedule.cron, timezone = %cfg.schedule.timezone, "scheduler started");
+
+    let mut running: Option<JoinHandle<()>> = None;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            tick = scheduler.next_tick() => match tick {
+                Tick::Skipped { scheduled_for } => {
+                    warn!(%scheduled_for, "a run came due while the previous cycle is still running; skipped");
+                    metrics.cycle_skipped();
+                    if let Some(a) = &audit {
+                        let _ = a.step("cycle.skipped", json!({"scheduled_for": scheduled_for.to_string()})).await;
+                    }
+                }
+                Tick::Run { scheduled_for, reason, guard } => {
+                    let why = match reason {
+                        RunReason::Scheduled => "scheduled".to_string(),
+                        RunReason::OnStart => "run_on_start".to_string(),
+                        RunReason::CatchUp { missed } => format!("catching up a run missed at {missed}"),
+                    };
+                    info!(%scheduled_for, reason = %why, "starting a cycle");
+                    let job = CycleJob { ctx: ctx.clone(), metrics: metrics.clone(), state: state.clone(), notifier: notifier.clone(), clock: clock.clone(), notify_ha: cfg.notify.home_assistant };
+                    running = Some(tokio::spawn(async move {
+                        let _running = guard;
+                        job.run().await;
+                    }));
+                }
+            },
+        }
+    }
+
+    info!("shutting down: no new cycles");
+    let _ = stop_tx.send(true);
+    if let Some(mut handle) = running.take()
+        && !handle.is_finished()
+    {
+        let grace = cfg.schedule.shutdown_grace;
+        info!(?grace, "waiting for the running cycle to finish");
+        tokio::select! {
+            _ = &mut handle => info!("the running cycle finished"),
+            _ = tokio::time::sleep(grace) => {
+                warn!("the running cycle did not finish within the grace period; cutting it (a partial download stays and is resumed next time)");
+                handle.abort();
+                let _ = handle.await;
+            }
+            _ = force => {
+                warn!("second signal: cutting the running cycle now (a partial download stays and is resumed next time)");
+                handle.abort();
+                let _ = handle.await;
+            }
+        }
+    }
+    if let Some(a) = &audit {
+        let _ = a.step("service.stopped", json!({})).await;
+    }
+    close_audit(&audit).await;
+    Ok(())
+}
+
+async fn close_audit(audit: &Option<AuditLog>) {
+    if let Some(a) = audit
+        && let Err(e) = a.close().await
+    {
+        warn!(error = %e, "closing the audit log");
+    }
+}
+
+struct CycleJob {
+    ctx: Context,
+    metrics: Metrics,
+    state: StateFile,
+    notifier: Notifier,
+    clock: Clock,
+    notify_ha: bool,
+}
+
+impl CycleJob {
+    async fn run(self) {
+        let started = self.clock.now();
+        self.metrics.cycle_started(started);
+        let outcome = self.ctx.run_cycle().await;
+        let finished_at = self.clock.now();
+        let duration = finished_at.duration_since(started).unsigned_abs();
+        match outcome {
+            Ok(r) => {
+                if let Err(e) = self.state.record_success(finished_at) {
+                    warn!(error = %e, "cannot record the success in the state file; `hapull health` may report stale data");
+                }
+                self.metrics.cycle_finished(&CycleReport {
+                    outcome: Outcome::Success,
+                    finished_at,
+                    duration,
+                    pulled_bytes: r.pull.size.saturating_sub(r.pull.resumed_bytes),
+                    transfer_duration: r.pull.duration,
+                    archive_bytes: Some(r.pull.size),
+                });
+                self.notify_success(&r, duration).await;
+            }
+            Err(e) => {
+                self.metrics.cycle_finished(&CycleReport {
+                    outcome: Outcome::Failed,
+                    finished_at,
+                    duration,
+                    pulled_bytes: 0,
+                    transfer_duration: Duration::ZERO,
+                    archive_bytes: None,
+                });
+                self.notify_failure(&e.to_string()).await;
+            }
+        }
+    }
+
+    async fn notify_success(&self, r: &Report, duration: Duration) {
+        let body = json!({"backup_id": r.backup_id, "size": r.pull.size, "sha256": r.pull.sha256_hex(),
+                          "duration_s": duration.as_secs_f64(), "archive": r.archive.relative_path});
+        if self.notify_ha
+            && let Err(e) = self
+                .ctx
+                .client
+                .fire_event("hapull_backup_pulled", body.clone())
+                .await
+        {
+            warn!(error = %e, "cannot fire hapull_backup_pulled in Home Assistant");
+        }
+        if let Err(e) = self.notifier.success(&body).await {
+            warn!(error = %e, "success webhook failed");
+        }
+    }
+
+    async fn notify_failure(&self, error: &str) {
+        let body = json!({"error": error, "time": Timestamp::now().to_string()});
+        if self.notify_ha {
+            let _ = self
+                .ctx
+                .client
+                .fire_event("hapull_backup_failed", body.clone())
+                .await;
+            let note = json!({"title": "hapull: backup not pulled", "message": format!("The last backup cycle failed: {error}"), "notification_id": "hapull_backup_failed"});
+            if let Err(e) = self
+                .ctx
+                .client
+                .call_service(
+                    "persistent_notification",
+                    "create",
+                    note,
+                    false,
+                    Duration::from_secs(30),
+                )
+                .await
+            {
+                warn!(error = %e, "cannot create a persistent notification in Home Assistant");
+            }
+        }
+        if let Err(e) = self.notifier.failure(&body).await {
+            warn!(error = %e, "failure webhook failed");
+        }
+    }
+}
+
+async fn watch_connection(client: Client, metrics: Metrics, audit: Option<AuditLog>) {
+    let mut state = client.state();
+    loop {
+        let current = state.borrow_and_update().clone();
+        metrics.set_ha_connected(current == ConnectionState::Connected);
+        let text = match &current {
+            ConnectionState::Connected => {
+                json!({"state": "connected", "ha_version": client.ha_version()})
+            }
+            ConnectionState::Reconnecting { reason } => {
+                json!({"state": "reconnecting", "reason": reason})
+            }
+            ConnectionState::Failed { reason } => json!({"state": "failed", "reason": reason}),
+            ConnectionState::Closed => json!({"state": "closed"}),
+        };
+        if let Some(a) = &audit {
+            a.event("ha.connection", text);
+        }
+        if let ConnectionState::Failed { reason } = &current {
+            tracing::error!(%reason, "the connection to Home Assistant failed for good; fix the cause and restart hapull");
+        }
+        if state.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Records HA bus events of one type in the audit log, filtered by domain / entity id.
+async fn record_events(
+    mut sub: crate::ha::Subscription,
+    audit: AuditLog,
+    event_type: String,
+    domains: Vec<String>,
+    entities: Vec<String>,
+) {
+    while let Some(item) = sub.next().await {
+        match item {
+            SubItem::Event(e) => {
+                if !passes(&e, &domains, &entities) {
+                    continue;
+                }
+                audit.event("ha.event", e);
+            }
+            SubItem::Reconnected => {
+                audit.event("ha.events_gap", json!({"event_type": event_type, "why": "reconnected; events may have been missed"}));
+            }
+            SubItem::Lagged(n) => {
+                audit.event(
+                    "ha.events_gap",
+                    json!({"event_type": event_type, "dropped": n}),
+                );
+            }
+        }
+    }
+}
+
+fn passes(event: &Value, domains: &[String], entities: &[String]) -> bool {
+    let data = event.get("data");
+    let domain_ok = domains.is_empty()
+        || data
+            .and_then(|d| d.get("domain"))
+            .and_then(Value::as_str)
+            .is_some_and(|d| domains.iter().any(|x| x == d));
+    let entity_ok = entities.is_empty()
+        || match data.and_then(|d| d.get("entity_id")) {
+            Some(Value::String(s)) => entities.iter().any(|x| x == s),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|s| entities.iter().any(|x| x == s)),
+            _ => false,
+        };
+    domain_ok && entity_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_filters() {
+        let e = json!({"event_type": "call_service", "data": {"domain": "light", "service": "turn_on", "entity_id": ["light.a", "light.b"]}});
+        assert!(passes(&e, &[], &[]));
+        assert!(passes(&e, &["light".into()], &[]));
+        assert!(!passes(&e, &["switch".into()], &[]));
+        assert!(passes(&e, &[], &["light.b".into()]));
+        assert!(!passes(&e, &["light".into()], &["light.c".into()]));
+    }
+}
