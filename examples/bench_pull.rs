@@ -101,7 +101,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let kh = server.write_known_hosts(server.port);
     // `--out-dir /dev/shm` takes the local disk (and its fsync) out of the comparison.
-    let out_dir = match args.iter().position(|a| a == "--out-dir").and_then(|i| args.get(i + 1)) {
+    let out_dir = match args
+        .iter()
+        .position(|a| a == "--out-dir")
+        .and_then(|i| args.get(i + 1))
+    {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
