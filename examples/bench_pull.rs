@@ -2,7 +2,7 @@
 //! local sshd, alternating rounds. Build in release mode:
 //!
 //! ```text
-//! cargo run --release --example bench_pull -- [--size-mib 1024] [--rounds 3] [--reads 64] [--read-kib 255]
+//! cargo run --release --example bench_pull -- [--size-mib 1024] [--rounds 3] [--reads 64] [--read-kib 255] [--out-dir DIR]
 //! ```
 //! Each hapull pull runs in a child process so its peak RSS (VmHWM) is its own.
 
@@ -100,7 +100,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let kh = server.write_known_hosts(server.port);
-    let out_dir = tempfile::tempdir()?;
+    // `--out-dir /dev/shm` takes the local disk (and its fsync) out of the comparison.
+    let out_dir = match args
+        .iter()
+        .position(|a| a == "--out-dir")
+        .and_then(|i| args.get(i + 1))
+    {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
     let local: PathBuf = out_dir.path().join("bench.bin");
     let batch = out_dir.path().join("batch");
     std::fs::write(

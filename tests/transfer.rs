@@ -809,3 +809,41 @@ async fn peek_reads_the_first_tar_member_and_lists_the_directory() {
     assert!(matches!(err, TransferError::NotFound { .. }), "{err:?}");
     session.close().await;
 }
+
+#[tokio::test]
+async fn unreachable_host_is_retried_within_the_budget_then_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id");
+    generate_key(&key, "");
+    // A port nothing listens on: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = SshTarget {
+        host: "127.0.0.1".into(),
+        port,
+        user: "nobody".into(),
+        identity_file: key,
+        passphrase: None,
+        host_keys: HostKeyPolicy::Pinned(vec![]),
+    };
+    let opts = PullOptions {
+        retry_budget: 2,
+        ..fast_retry()
+    };
+    let err = transfer::pull(&t, "/x.tar", &dir.path().join("x.tar"), &opts)
+        .await
+        .unwrap_err();
+    let TransferError::RetriesExhausted { attempts, ref last } = err else {
+        panic!("expected RetriesExhausted, got {err:?}");
+    };
+    assert_eq!(attempts, 3, "one try plus a budget of two retries");
+    assert!(matches!(**last, TransferError::Connect { .. }), "{last:?}");
+    assert!(
+        !err.is_transient(),
+        "an exhausted budget is for a person to look at"
+    );
+    assert!(!dir.path().join("x.tar").exists());
+}

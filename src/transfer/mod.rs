@@ -100,7 +100,8 @@ impl PullOutcome {
 /// Pulls `remote` from `target` into `local`, reconnecting and resuming after transient failures
 /// within `opts.retry_budget`. The identity is decrypted once, before the first attempt.
 ///
-/// `local` is chosen by the caller; nothing here derives it from remote names.
+/// `local` is chosen by the caller; nothing here derives it from remote names. An existing file at
+/// `local` is replaced atomically once the new one is complete; the store decides whether that is wanted.
 pub async fn pull(
     target: &SshTarget,
     remote: &str,

@@ -18,6 +18,9 @@ use super::{PullOptions, PullOutcome, TransferError};
 
 /// Chunks queued between the network and the writer; bounds memory together with the read window.
 const WRITER_QUEUE: usize = 16;
+/// Dirty bytes after which the writer asks the kernel to start writing them out, so the disk works
+/// while the network does and the final fsync has little left to do.
+const WRITEBACK_STEP: u64 = 32 * 1024 * 1024;
 /// How often progress is logged when no terminal bar is shown.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -92,6 +95,21 @@ fn available_space(dir: &Path) -> std::io::Result<u64> {
     Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
 
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for the duration of the call; the flag only starts writeback.
+    // Failure is harmless (the final fsync still runs), so the result is ignored.
+    let _ =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
+
 fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
     let mut f = std::fs::File::create(path)?;
     f.write_all(text.as_bytes())?;
@@ -135,11 +153,16 @@ fn writer(
     file.seek(SeekFrom::Start(hashed))
         .map_err(|e| TransferError::local("seek in", &partial, e))?;
     let mut total = hashed;
+    let mut flushed = hashed;
     while let Some(chunk) = rx.blocking_recv() {
         file.write_all(&chunk)
             .map_err(|e| TransferError::local("write", &partial, e))?;
         ctx.update(&chunk);
         total += chunk.len() as u64;
+        if total - flushed >= WRITEBACK_STEP {
+            start_writeback(&file, flushed, total - flushed);
+            flushed = total;
+        }
     }
     file.sync_all()
         .map_err(|e| TransferError::local("fsync", &partial, e))?;
