@@ -52,7 +52,8 @@ pub(crate) fn rotated_siblings(current: &Path) -> Result<Vec<Rotated>, AuditErro
     let Some(base) = current.file_name().and_then(|n| n.to_str()) else {
         return Err(AuditError::InvalidOptions {
             path: current.to_path_buf(),
-            what: "the path has no UTF-8 file name; use a path like /var/lib/hapull/audit.jsonl".into(),
+            what: "the path has no UTF-8 file name; use a path like /var/lib/hapull/audit.jsonl"
+                .into(),
         });
     };
     let prefix = format!("{base}.");
@@ -267,13 +268,15 @@ pub(crate) fn seal_path(current: &Path) -> PathBuf {
 
 pub(crate) fn read_seal(path: &Path) -> Result<Option<Seal>, AuditError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| AuditError::BadRotatedFile {
-                path: path.to_path_buf(),
-                name: "seal".into(),
-                why: format!("the seal file is not valid: {e}"),
-            }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| AuditError::BadRotatedFile {
+                    path: path.to_path_buf(),
+                    name: "seal".into(),
+                    why: format!("the seal file is not valid: {e}"),
+                })
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(AuditError::io(path, "reading the seal", e)),
     }
@@ -333,7 +336,8 @@ pub(crate) fn finish_compressions(current: &Path) -> Result<(), AuditError> {
         return Ok(());
     };
     let prefix = format!("{base}.");
-    let entries = fs::read_dir(&dir).map_err(|e| AuditError::io(&dir, "listing the directory", e))?;
+    let entries =
+        fs::read_dir(&dir).map_err(|e| AuditError::io(&dir, "listing the directory", e))?;
     let mut plain = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| AuditError::io(&dir, "listing the directory", e))?;
@@ -372,11 +376,11 @@ mod tests {
     fn rotated_names_parse_back() {
         let t: Timestamp = "2026-11-26T09:35:00Z".parse().unwrap();
         let p = rotated_name(Path::new("/x/audit.jsonl"), t, 123);
+        assert_eq!(p, Path::new("/x/audit.jsonl.20261126T093500Z-000000000123"));
         assert_eq!(
-            p,
-            Path::new("/x/audit.jsonl.20261126T093500Z-000000000123")
+            parse_suffix("20261126T093500Z-000000000123"),
+            Some((123, false))
         );
-        assert_eq!(parse_suffix("20261126T093500Z-000000000123"), Some((123, false)));
         assert_eq!(parse_suffix("20261126T093500Z-7.gz"), Some((7, true)));
         assert_eq!(parse_suffix("seal"), None);
         assert_eq!(parse_suffix("20261126T093500Z-7.gz.tmp"), None);

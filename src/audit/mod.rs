@@ -68,7 +68,9 @@ pub mod kind {
 /// Errors at the audit module's boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("audit log {path}: {action} failed: {source}; check that the directory exists, is writable and has space")]
+    #[error(
+        "audit log {path}: {action} failed: {source}; check that the directory exists, is writable and has space"
+    )]
     Io {
         path: PathBuf,
         action: &'static str,
@@ -108,7 +110,11 @@ pub enum AuditError {
 }
 
 impl AuditError {
-    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
         AuditError::Io {
             path: path.into(),
             action,

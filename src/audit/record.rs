@@ -182,8 +182,14 @@ mod tests {
 
     #[test]
     fn rejects_lines_that_are_not_records() {
-        assert!(matches!(parse_line(b"{\"seq\":1"), Err(ParseError::Json(_))));
-        assert!(matches!(parse_line(b"{\"seq\":1}"), Err(ParseError::Shape(_))));
+        assert!(matches!(
+            parse_line(b"{\"seq\":1"),
+            Err(ParseError::Json(_))
+        ));
+        assert!(matches!(
+            parse_line(b"{\"seq\":1}"),
+            Err(ParseError::Shape(_))
+        ));
         let upper = format!(
             r#"{{"seq":1,"time":"2026-11-26T09:35:00Z","kind":"k","instance":"i","data":{{}},"prev":"{}"}}"#,
             "A".repeat(64)

@@ -65,27 +65,51 @@ impl fmt::Display for Finding {
 pub enum Issue {
     /// `prev` is not the hash of the previous record: the previous line was changed, or lines were removed,
     /// inserted or reordered.
-    PrevMismatch { expected: String, found: String },
-    SeqGap { expected: u64, found: u64 },
+    PrevMismatch {
+        expected: String,
+        found: String,
+    },
+    SeqGap {
+        expected: u64,
+        found: u64,
+    },
     InvalidJson(String),
     NotARecord(String),
     /// The line has no newline and no `audit.recovered` record follows it.
     IncompleteLine,
     /// The first record is not `seq` 1 with the all-zero `prev`.
-    NotGenesis { seq: u64, prev: String },
+    NotGenesis {
+        seq: u64,
+        prev: String,
+    },
     /// The record the seal names hashes differently: it was changed after it was written.
-    SealMismatch { expected: String, found: String },
+    SealMismatch {
+        expected: String,
+        found: String,
+    },
     /// The seal names a record past the end of the log: records were removed from the end.
-    SealBeyondEnd { sealed_seq: u64 },
+    SealBeyondEnd {
+        sealed_seq: u64,
+    },
     /// An `audit.recovered` record names torn bytes that are not right before it.
-    MissingFragment { offset: u64, length: u64 },
+    MissingFragment {
+        offset: u64,
+        length: u64,
+    },
     // Warnings:
     /// Torn bytes left by a crash, followed by the matching `audit.recovered` record.
-    TornFragment { offset: u64, length: u64 },
+    TornFragment {
+        offset: u64,
+        length: u64,
+    },
     /// The chain starts mid-way (accepted because `allow_partial` was set).
-    PartialChain { seq: u64 },
+    PartialChain {
+        seq: u64,
+    },
     /// No seal file, so the newest record is protected by nothing.
-    NoSeal { path: PathBuf },
+    NoSeal {
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for Issue {
@@ -125,7 +149,10 @@ impl fmt::Display for Issue {
                 "torn write of {length} bytes at offset {offset}, kept and recorded by the audit.recovered record after it"
             ),
             Issue::PartialChain { seq } => {
-                write!(f, "the chain starts at seq {seq}, not at the genesis record")
+                write!(
+                    f,
+                    "the chain starts at seq {seq}, not at the genesis record"
+                )
             }
             Issue::NoSeal { path } => write!(
                 f,

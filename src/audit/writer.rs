@@ -74,13 +74,19 @@ impl AuditOptions {
             ));
         }
         if self.queue_capacity == 0 {
-            return Err(bad("queue capacity is 0; use at least 1 (default 65536)".into()));
+            return Err(bad(
+                "queue capacity is 0; use at least 1 (default 65536)".into()
+            ));
         }
         if self.max_bytes == Some(0) {
-            return Err(bad("max_bytes is 0; set a size like 64 MiB or leave it out".into()));
+            return Err(bad(
+                "max_bytes is 0; set a size like 64 MiB or leave it out".into(),
+            ));
         }
         if self.max_age == Some(Duration::ZERO) {
-            return Err(bad("max_age is 0; set an age like \"7d\" or leave it out".into()));
+            return Err(bad(
+                "max_age is 0; set an age like \"7d\" or leave it out".into()
+            ));
         }
         if self.batch_delay > Duration::from_secs(3600) {
             return Err(bad(format!(
@@ -154,6 +160,8 @@ struct Shared {
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
+type Reply = oneshot::Sender<Result<u64, AuditError>>;
+
 enum Msg {
     Event {
         time: Timestamp,
@@ -164,13 +172,13 @@ enum Msg {
         time: Timestamp,
         kind: String,
         data: Value,
-        done: oneshot::Sender<Result<u64, AuditError>>,
+        done: Reply,
     },
     Flush {
-        done: oneshot::Sender<Result<u64, AuditError>>,
+        done: Reply,
     },
     Close {
-        done: oneshot::Sender<Result<u64, AuditError>>,
+        done: Reply,
     },
 }
 
@@ -398,7 +406,9 @@ async fn run_writer(
         shared
             .durable_events
             .fetch_add(outcome.events_written, Ordering::Relaxed);
-        shared.lost.fetch_add(outcome.events_lost, Ordering::Relaxed);
+        shared
+            .lost
+            .fetch_add(outcome.events_lost, Ordering::Relaxed);
         durable_tx.send_replace(core.durable_seq);
         for (done, result) in outcome.replies {
             let _ = done.send(result);
@@ -411,7 +421,7 @@ async fn run_writer(
 }
 
 struct CommitOutcome {
-    replies: Vec<(oneshot::Sender<Result<u64, AuditError>>, Result<u64, AuditError>)>,
+    replies: Vec<(Reply, Result<u64, AuditError>)>,
     events_written: u64,
     events_lost: u64,
 }
@@ -504,20 +514,20 @@ impl Core {
             }
         }
         // Nothing usable in the current file: the chain continues from the newest rotated file.
-        if last_good.is_none() {
-            if let Some(newest) = files::rotated_siblings(&path)?.pop() {
-                let name = newest.path.display().to_string();
-                let bad = |why: String| AuditError::BadRotatedFile {
-                    path: path.clone(),
-                    name: name.clone(),
-                    why,
-                };
-                let line = files::last_line_of(&newest.path)?
-                    .ok_or_else(|| bad("it is empty".into()))?;
-                let rec = parse_line(&line.bytes)
-                    .map_err(|e| bad(format!("its last line is not a record: {e:?}")))?;
-                last_good = Some((rec.seq, hex(&sha256(&line.bytes))));
-            }
+        if last_good.is_none()
+            && let Some(newest) = files::rotated_siblings(&path)?.pop()
+        {
+            let name = newest.path.display().to_string();
+            let bad = |why: String| AuditError::BadRotatedFile {
+                path: path.clone(),
+                name: name.clone(),
+                why,
+            };
+            let line =
+                files::last_line_of(&newest.path)?.ok_or_else(|| bad("it is empty".into()))?;
+            let rec = parse_line(&line.bytes)
+                .map_err(|e| bad(format!("its last line is not a record: {e:?}")))?;
+            last_good = Some((rec.seq, hex(&sha256(&line.bytes))));
         }
         let (last_seq, prev) = match &last_good {
             Some((seq, hash)) => (*seq, hash.clone()),
@@ -725,7 +735,8 @@ impl Core {
             return Err(AuditError::BadRotatedFile {
                 path: self.path.clone(),
                 name: rotated.display().to_string(),
-                why: "a rotated file with this name already exists, so rotating would overwrite it".into(),
+                why: "a rotated file with this name already exists, so rotating would overwrite it"
+                    .into(),
             });
         }
         fs::rename(&self.path, &rotated)
@@ -760,7 +771,9 @@ impl Core {
                 .name("audit-gzip".into())
                 .spawn(move || {
                     if let Err(e) = files::compress_rotated(&rotated) {
-                        tracing::warn!("audit log: {e}; it stays uncompressed and is retried at the next open");
+                        tracing::warn!(
+                            "audit log: {e}; it stays uncompressed and is retried at the next open"
+                        );
                     }
                 });
             match spawned {
