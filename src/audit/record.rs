@@ -138,6 +138,15 @@ pub(crate) enum ParseError {
     Shape(String),
 }
 
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::Json(e) => write!(f, "invalid JSON ({e})"),
+            ParseError::Shape(e) => write!(f, "not a record ({e})"),
+        }
+    }
+}
+
 impl Record {
     /// For an `audit.recovered` record about a torn fragment: (offset, length, sha256 hex).
     pub(crate) fn torn_reference(&self) -> Option<(u64, u64, &str)> {

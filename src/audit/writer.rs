@@ -19,9 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::files::{self, RawLine, Seal};
-use super::record::{
-    FIRST_SEQ, GENESIS_PREV, ParseError, encode_into, format_time, hex, parse_line, sha256,
-};
+use super::record::{FIRST_SEQ, GENESIS_PREV, encode_into, format_time, hex, parse_line, sha256};
 use super::{AuditError, kind};
 
 /// Messages in one batch at most, so a flood still reaches the disk in bounded chunks.
@@ -526,7 +524,7 @@ impl Core {
             let line =
                 files::last_line_of(&newest.path)?.ok_or_else(|| bad("it is empty".into()))?;
             let rec = parse_line(&line.bytes)
-                .map_err(|e| bad(format!("its last line is not a record: {e:?}")))?;
+                .map_err(|e| bad(format!("its last line is not a record: {e}")))?;
             last_good = Some((rec.seq, hex(&sha256(&line.bytes))));
         }
         let (last_seq, prev) = match &last_good {
@@ -860,7 +858,6 @@ fn describe_bad_line(line: &RawLine) -> String {
     match parse_line(&line.bytes) {
         _ if !line.newline => "no trailing newline (write cut short)".to_owned(),
         Ok(_) => "a complete record".to_owned(),
-        Err(ParseError::Json(e)) => format!("invalid JSON ({e})"),
-        Err(ParseError::Shape(e)) => format!("not a record ({e})"),
+        Err(e) => e.to_string(),
     }
 }
