@@ -96,6 +96,11 @@ pub enum AuditError {
         name: String,
         why: String,
     },
+    #[error(
+        "audit seal {path} is not valid ({why}); it should hold {{\"seq\":N,\"sha256\":\"...\"}}. \
+         If it was damaged, compare the log with a copy; hapull rewrites it after the next record"
+    )]
+    BadSeal { path: PathBuf, why: String },
     #[error("audit log {path}: {what}")]
     InvalidOptions { path: PathBuf, what: String },
     #[error(
@@ -107,6 +112,10 @@ pub enum AuditError {
     Closed { path: PathBuf },
     #[error("audit log: no files to read; pass files or --path (the configured [audit] path)")]
     NoFiles,
+    #[error(
+        "audit log {path} does not exist and has no rotated files beside it; check [audit] path or --path"
+    )]
+    NotFound { path: PathBuf },
 }
 
 impl AuditError {
