@@ -135,8 +135,7 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let end = start + Duration::from_secs(args.secs);
     let mut i = 0u64;
-    let mut max_enqueue = Duration::ZERO;
-    let mut enqueue_total = Duration::ZERO;
+    let mut enqueue_ns: Vec<u64> = Vec::with_capacity((args.rate * args.secs) as usize + 1000);
     let mut not_queued = 0u64;
     while Instant::now() < end {
         tick.tick().await;
@@ -144,9 +143,7 @@ async fn main() -> anyhow::Result<()> {
             let data = state_changed(i);
             let t0 = Instant::now();
             let status = log.event("ha.event", data);
-            let took = t0.elapsed();
-            max_enqueue = max_enqueue.max(took);
-            enqueue_total += took;
+            enqueue_ns.push(t0.elapsed().as_nanos() as u64);
             if status != EventStatus::Queued {
                 not_queued += 1;
             }
@@ -168,10 +165,18 @@ async fn main() -> anyhow::Result<()> {
         stats.events_durable,
         all_durable
     );
+    enqueue_ns.sort_unstable();
+    let pct = |p: f64| {
+        let idx = ((enqueue_ns.len() as f64 - 1.0) * p).round() as usize;
+        Duration::from_nanos(enqueue_ns.get(idx).copied().unwrap_or(0))
+    };
     println!(
-        "  event(): max {:.1?}, mean {:.2?}; not queued (dropped) {not_queued}",
-        max_enqueue,
-        enqueue_total / (i.max(1) as u32)
+        "  event() incl. serializing data: p50 {:.1?}, p99 {:.1?}, p99.9 {:.1?}, max {:.1?}; over 1 ms: {}; dropped {not_queued}",
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0),
+        enqueue_ns.iter().filter(|&&n| n > 1_000_000).count()
     );
     println!("  writer lag (event() until fsync'd): max {max_lag:.1?}");
     println!("  RSS now {} MiB, peak {} MiB", rss / 1024, hwm / 1024);

@@ -759,6 +759,13 @@ async fn cli_verify_exit_codes() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("--path"), "{err}");
+
+    // A configured path that does not exist is an error naming it, not a verdict on the chain.
+    let missing = other.path().join("nothing-here.jsonl");
+    let err = run_with_output(verify_cmd(None, vec![]), Some(&missing), &mut sink)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("nothing-here.jsonl"), "{err:#}");
 }
 
 #[tokio::test]

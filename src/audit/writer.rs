@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::files::{self, RawLine, Seal};
-use super::record::{FIRST_SEQ, GENESIS_PREV, encode_into, format_time, hex, parse_line, sha256};
+use super::record::{
+    FIRST_SEQ, GENESIS_PREV, encode_data, encode_into, format_time, hex, parse_line, sha256,
+};
 use super::{AuditError, kind};
 
 /// Messages in one batch at most, so a flood still reaches the disk in bounded chunks.
@@ -164,12 +166,12 @@ enum Msg {
     Event {
         time: Timestamp,
         kind: String,
-        data: Value,
+        data: Vec<u8>,
     },
     Step {
         time: Timestamp,
         kind: String,
-        data: Value,
+        data: Vec<u8>,
         done: Reply,
     },
     Flush {
@@ -191,16 +193,6 @@ impl std::fmt::Debug for AuditLog {
         f.debug_struct("AuditLog")
             .field("path", &self.shared.path)
             .finish_non_exhaustive()
-    }
-}
-
-/// Records must carry a JSON object; anything else is wrapped as `{"value": ...}` rather than refused,
-/// because an audit record should never be lost over its shape.
-fn as_object(data: Value) -> Value {
-    match data {
-        Value::Object(_) => data,
-        Value::Null => Value::Object(Default::default()),
-        other => json!({ "value": other }),
     }
 }
 
@@ -257,7 +249,7 @@ impl AuditLog {
         let msg = Msg::Step {
             time: Timestamp::now(),
             kind: kind.to_owned(),
-            data: as_object(data),
+            data: encode_data(&data),
             done,
         };
         self.tx.send(msg).await.map_err(|_| self.closed())?;
@@ -270,7 +262,7 @@ impl AuditLog {
         let msg = Msg::Event {
             time: Timestamp::now(),
             kind: kind.into(),
-            data: as_object(data),
+            data: encode_data(&data),
         };
         match self.tx.try_send(msg) {
             Ok(()) => {
@@ -612,14 +604,16 @@ impl Core {
             core.append(
                 now,
                 kind::RECOVERED,
-                &json!({"reason": "torn tail", "detail": reason, "file": file_name,
+                &encode_data(
+                    &json!({"reason": "torn tail", "detail": reason, "file": file_name,
                         "torn_offset": offset, "torn_length": bytes.len(), "torn_sha256": sha}),
+                ),
             )?;
         }
         for (msg, data) in seal_notes {
             tracing::warn!(path = %core.path.display(), "audit log: {msg}");
             report.warnings.push(msg);
-            core.append(now, kind::RECOVERED, &data)?;
+            core.append(now, kind::RECOVERED, &encode_data(&data))?;
         }
         if !core.pending.is_empty() {
             core.sync()?;
@@ -655,7 +649,7 @@ impl Core {
         }
     }
 
-    fn append(&mut self, time: Timestamp, kind: &str, data: &Value) -> Result<u64, AuditError> {
+    fn append(&mut self, time: Timestamp, kind: &str, data: &[u8]) -> Result<u64, AuditError> {
         self.check_failed()?;
         if self.rotation_due(time) {
             self.sync()?;
@@ -760,8 +754,10 @@ impl Core {
         self.append(
             now,
             kind::ROTATED,
-            &json!({"previous_file": rotated_file, "previous_first_seq": previous_first,
+            &encode_data(
+                &json!({"previous_file": rotated_file, "previous_first_seq": previous_first,
                     "previous_last_seq": previous_last, "compressed": self.compress}),
+            ),
         )?;
         if self.compress {
             self.compressors.retain(|h| !h.is_finished());
@@ -809,7 +805,7 @@ impl Core {
         }
         if dropped > 0 {
             let data = json!({"count": dropped, "reason": "queue full"});
-            if let Err(e) = self.append(Timestamp::now(), kind::DROPPED, &data) {
+            if let Err(e) = self.append(Timestamp::now(), kind::DROPPED, &encode_data(&data)) {
                 tracing::error!(path = %self.path.display(), dropped, "audit log: could not record dropped events: {e}");
             }
         }
