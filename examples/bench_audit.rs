@@ -1,7 +1,7 @@
 //! Load test for the audit log's `event()` path with Home Assistant `state_changed`-sized records.
 //!
 //! ```text
-//! cargo run --release --example bench_audit -- [--rate 10000] [--secs 10] [--dir /var/tmp] [--max-secs 5]
+//! cargo run --release --example bench_audit -- [--rate 10000] [--secs 10] [--dir /var/tmp] [--max-secs 5] [--full-events]
 //! ```
 //!
 //! Phase 1 paces events at `--rate` for `--secs` and reports the achieved durable rate, the slowest
@@ -21,6 +21,7 @@ struct Args {
     secs: u64,
     max_secs: u64,
     dir: Option<PathBuf>,
+    full: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -29,6 +30,7 @@ fn parse_args() -> anyhow::Result<Args> {
         secs: 10,
         max_secs: 5,
         dir: None,
+        full: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -41,32 +43,42 @@ fn parse_args() -> anyhow::Result<Args> {
             "--secs" => args.secs = value()?.parse()?,
             "--max-secs" => args.max_secs = value()?.parse()?,
             "--dir" => args.dir = Some(value()?.into()),
+            "--full-events" => args.full = true,
             other => anyhow::bail!(
-                "unknown argument {other}; use --rate N --secs N --max-secs N --dir PATH"
+                "unknown argument {other}; use --rate N --secs N --max-secs N --dir PATH --full-events"
             ),
         }
     }
     Ok(args)
 }
 
-/// A `state_changed` event as Home Assistant sends it, ~600 bytes once serialized.
-fn state_changed(i: u64) -> Value {
+/// A `state_changed` event as Home Assistant sends it. `full`: a sensor with the usual attributes and
+/// contexts on both states (~1.1 KB serialized); otherwise a lean one (~600 bytes).
+fn state_changed(i: u64, full: bool) -> Value {
     let t = "2026-11-26T09:07:39.248417+00:00";
+    let entity = format!("sensor.living_room_temperature_{}", i % 50);
     let ctx =
         json!({"id": format!("01M8BHRJ3GW8X8QN4BX{i:07}"), "parent_id": null, "user_id": null});
     let state = |v: String| {
-        json!({
-            "entity_id": format!("sensor.living_room_temperature_{}", i % 50),
-            "state": v,
-            "attributes": {"state_class": "measurement", "unit_of_measurement": "°C",
-                           "device_class": "temperature", "friendly_name": "Living room temperature"},
-            "last_changed": t, "last_reported": t, "last_updated": t, "context": ctx,
-        })
+        if full {
+            json!({
+                "entity_id": entity, "state": v,
+                "attributes": {"state_class": "measurement", "unit_of_measurement": "°C",
+                               "device_class": "temperature", "friendly_name": "Living room temperature"},
+                "last_changed": t, "last_reported": t, "last_updated": t, "context": ctx,
+            })
+        } else {
+            json!({
+                "entity_id": entity, "state": v,
+                "attributes": {"unit_of_measurement": "°C", "friendly_name": "Living room"},
+                "last_changed": t, "last_updated": t,
+            })
+        }
     };
     json!({
         "event_type": "state_changed",
         "data": {
-            "entity_id": format!("sensor.living_room_temperature_{}", i % 50),
+            "entity_id": entity,
             "old_state": state(format!("{}.4", 18 + i % 5)),
             "new_state": state(format!("{}.5", 18 + i % 5)),
         },
@@ -119,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
     let mut opts = AuditOptions::new(dir.path().join("audit.jsonl"), "bench");
     opts.max_bytes = Some(64 * 1024 * 1024);
     let log = AuditLog::open(opts.clone()).await?;
-    let payload_len = serde_json::to_vec(&state_changed(1))?.len();
+    let payload_len = serde_json::to_vec(&state_changed(1, args.full))?.len();
     println!(
         "payload {payload_len} bytes of JSON per event; batch delay {:?}; files in {}",
         opts.batch_delay,
@@ -140,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
     while Instant::now() < end {
         tick.tick().await;
         for _ in 0..per_tick {
-            let data = state_changed(i);
+            let data = state_changed(i, args.full);
             let t0 = Instant::now();
             let status = log.event("ha.event", data);
             enqueue_ns.push(t0.elapsed().as_nanos() as u64);
@@ -189,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
     let mut dropped = 0u64;
     while Instant::now() < end {
         for _ in 0..1000 {
-            if log.event("ha.event", state_changed(n)) == EventStatus::Dropped {
+            if log.event("ha.event", state_changed(n, args.full)) == EventStatus::Dropped {
                 dropped += 1;
             }
             n += 1;
