@@ -258,6 +258,9 @@ impl AuditLog {
 
     /// Queues a record without waiting. It becomes durable within the batch delay (or at `close()`).
     /// Never blocks: when the queue is full the event is counted and an `audit.dropped` record says how many.
+    /// `data` is serialized here, on the caller's side, so the queue holds compact bytes, not JSON trees.
+    /// If the writer has failed (disk full, fsync error), queued events are counted in
+    /// [`AuditStats::events_lost`] and the next `step()` returns the error.
     pub fn event(&self, kind: impl Into<String>, data: Value) -> EventStatus {
         let msg = Msg::Event {
             time: Timestamp::now(),
