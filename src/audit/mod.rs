@@ -45,7 +45,7 @@ use std::path::PathBuf;
 pub use files::discover;
 pub use record::{GENESIS_PREV, Record};
 pub use verify::{Finding, Issue, VerifyOptions, VerifyReport, verify, verify_path};
-pub use writer::{AuditLog, AuditOptions, AuditStats, EventStatus, OpenReport};
+pub use writer::{AuditLog, AuditOptions, AuditStats, EventStatus, OpenReport, TornTail};
 
 /// Record kinds written by hapull. Callers may use others; these are the ones the program itself uses.
 pub mod kind {
