@@ -45,7 +45,7 @@ use std::path::PathBuf;
 pub use files::discover;
 pub use record::{GENESIS_PREV, Record};
 pub use verify::{Finding, Issue, VerifyOptions, VerifyReport, verify, verify_path};
-pub use writer::{AuditLog, AuditOptions, AuditStats, EventStatus, OpenReport};
+pub use writer::{AuditLog, AuditOptions, AuditStats, EventStatus, OpenReport, TornTail};
 
 /// Record kinds written by hapull. Callers may use others; these are the ones the program itself uses.
 pub mod kind {
@@ -96,6 +96,11 @@ pub enum AuditError {
         name: String,
         why: String,
     },
+    #[error(
+        "audit seal {path} is not valid ({why}); it should hold {{\"seq\":N,\"sha256\":\"...\"}}. \
+         If it was damaged, compare the log with a copy; hapull rewrites it after the next record"
+    )]
+    BadSeal { path: PathBuf, why: String },
     #[error("audit log {path}: {what}")]
     InvalidOptions { path: PathBuf, what: String },
     #[error(
@@ -107,6 +112,10 @@ pub enum AuditError {
     Closed { path: PathBuf },
     #[error("audit log: no files to read; pass files or --path (the configured [audit] path)")]
     NoFiles,
+    #[error(
+        "audit log {path} does not exist and has no rotated files beside it; check [audit] path or --path"
+    )]
+    NotFound { path: PathBuf },
 }
 
 impl AuditError {

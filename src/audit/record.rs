@@ -2,7 +2,7 @@
 
 use aws_lc_rs::digest;
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// `prev` of the very first record of a log.
@@ -23,17 +23,6 @@ pub struct Record {
     pub prev: String,
 }
 
-// Field order here is the order on disk; the hash covers the exact bytes, so it must never change.
-#[derive(Serialize)]
-struct LineOut<'a> {
-    seq: u64,
-    time: &'a str,
-    kind: &'a str,
-    instance: &'a str,
-    data: &'a Value,
-    prev: &'a str,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LineIn {
@@ -50,30 +39,54 @@ pub(crate) fn format_time(t: Timestamp) -> String {
     format!("{t:.6}")
 }
 
+/// Serializes a record's `data` once, where it is produced. Records carry a JSON object; anything else
+/// is wrapped as `{"value": ...}` rather than refused, because an audit record should never be lost over
+/// its shape.
+pub(crate) fn encode_data(data: &Value) -> Vec<u8> {
+    let wrapped;
+    let obj = match data {
+        Value::Object(_) => data,
+        Value::Null => &Value::Object(Map::new()),
+        other => {
+            wrapped = serde_json::json!({ "value": other });
+            &wrapped
+        }
+    };
+    // Serializing a `Value` into a Vec cannot fail: no I/O, and map keys are strings.
+    serde_json::to_vec(obj).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
 /// Appends one record line (with its trailing newline) to `out`; returns the line's hash.
+/// The field order written here is the order on disk; the hash covers the exact bytes, so it must never
+/// change. `data` is a serialized JSON object from [`encode_data`].
 pub(crate) fn encode_into(
     out: &mut Vec<u8>,
     seq: u64,
     time: &str,
     kind: &str,
     instance: &str,
-    data: &Value,
+    data: &[u8],
     prev: &str,
 ) -> [u8; 32] {
     let start = out.len();
-    let line = LineOut {
-        seq,
-        time,
-        kind,
-        instance,
-        data,
-        prev,
-    };
-    // Serializing a `Value` and plain strings into a Vec cannot fail (no I/O, string map keys only).
-    if serde_json::to_writer(&mut *out, &line).is_err() {
-        out.truncate(start);
-        out.extend_from_slice(b"{}");
-    }
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"time\":");
+    push_json_str(out, time);
+    out.extend_from_slice(b",\"kind\":");
+    push_json_str(out, kind);
+    out.extend_from_slice(b",\"instance\":");
+    push_json_str(out, instance);
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b",\"prev\":");
+    push_json_str(out, prev);
+    out.push(b'}');
     let hash = sha256(&out[start..]);
     out.push(b'\n');
     hash
@@ -138,6 +151,15 @@ pub(crate) enum ParseError {
     Shape(String),
 }
 
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::Json(e) => write!(f, "invalid JSON ({e})"),
+            ParseError::Shape(e) => write!(f, "not a record ({e})"),
+        }
+    }
+}
+
 impl Record {
     /// For an `audit.recovered` record about a torn fragment: (offset, length, sha256 hex).
     pub(crate) fn torn_reference(&self) -> Option<(u64, u64, &str)> {
@@ -165,7 +187,7 @@ mod tests {
             "2026-11-26T09:35:00.000000Z",
             "backup.created",
             "home",
-            &data,
+            &encode_data(&data),
             GENESIS_PREV,
         );
         let text = std::str::from_utf8(&out).unwrap();
@@ -198,6 +220,23 @@ mod tests {
             parse_line(upper.as_bytes()),
             Err(ParseError::Shape(_))
         ));
+    }
+
+    #[test]
+    fn data_that_is_not_an_object_is_wrapped() {
+        assert_eq!(encode_data(&serde_json::json!(5)), br#"{"value":5}"#);
+        assert_eq!(encode_data(&Value::Null), b"{}");
+        let mut out = Vec::new();
+        encode_into(
+            &mut out,
+            1,
+            "2026-11-26T09:35:00Z",
+            "k\"q",
+            "i",
+            b"{}",
+            GENESIS_PREV,
+        );
+        assert!(parse_line(&out[..out.len() - 1]).is_ok());
     }
 
     #[test]

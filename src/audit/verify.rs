@@ -166,6 +166,11 @@ impl fmt::Display for Issue {
 /// Checks the log at `current`: its rotated siblings, then the file itself, and its seal.
 pub fn verify_path(current: &Path, allow_partial: bool) -> Result<VerifyReport, AuditError> {
     let files = files::discover(current)?;
+    if files.is_empty() {
+        return Err(AuditError::NotFound {
+            path: current.to_path_buf(),
+        });
+    }
     verify(
         &files,
         &VerifyOptions {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::files::{self, RawLine, Seal};
 use super::record::{
-    FIRST_SEQ, GENESIS_PREV, ParseError, encode_into, format_time, hex, parse_line, sha256,
+    FIRST_SEQ, GENESIS_PREV, encode_data, encode_into, format_time, hex, parse_line, sha256,
 };
 use super::{AuditError, kind};
 
@@ -160,23 +160,25 @@ struct Shared {
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
+type Reply = oneshot::Sender<Result<u64, AuditError>>;
+
 enum Msg {
     Event {
         time: Timestamp,
         kind: String,
-        data: Value,
+        data: Vec<u8>,
     },
     Step {
         time: Timestamp,
         kind: String,
-        data: Value,
-        done: oneshot::Sender<Result<u64, AuditError>>,
+        data: Vec<u8>,
+        done: Reply,
     },
     Flush {
-        done: oneshot::Sender<Result<u64, AuditError>>,
+        done: Reply,
     },
     Close {
-        done: oneshot::Sender<Result<u64, AuditError>>,
+        done: Reply,
     },
 }
 
@@ -191,16 +193,6 @@ impl std::fmt::Debug for AuditLog {
         f.debug_struct("AuditLog")
             .field("path", &self.shared.path)
             .finish_non_exhaustive()
-    }
-}
-
-/// Records must carry a JSON object; anything else is wrapped as `{"value": ...}` rather than refused,
-/// because an audit record should never be lost over its shape.
-fn as_object(data: Value) -> Value {
-    match data {
-        Value::Object(_) => data,
-        Value::Null => Value::Object(Default::default()),
-        other => json!({ "value": other }),
     }
 }
 
@@ -257,7 +249,7 @@ impl AuditLog {
         let msg = Msg::Step {
             time: Timestamp::now(),
             kind: kind.to_owned(),
-            data: as_object(data),
+            data: encode_data(&data),
             done,
         };
         self.tx.send(msg).await.map_err(|_| self.closed())?;
@@ -266,11 +258,14 @@ impl AuditLog {
 
     /// Queues a record without waiting. It becomes durable within the batch delay (or at `close()`).
     /// Never blocks: when the queue is full the event is counted and an `audit.dropped` record says how many.
+    /// `data` is serialized here, on the caller's side, so the queue holds compact bytes, not JSON trees.
+    /// If the writer has failed (disk full, fsync error), queued events are counted in
+    /// [`AuditStats::events_lost`] and the next `step()` returns the error.
     pub fn event(&self, kind: impl Into<String>, data: Value) -> EventStatus {
         let msg = Msg::Event {
             time: Timestamp::now(),
             kind: kind.into(),
-            data: as_object(data),
+            data: encode_data(&data),
         };
         match self.tx.try_send(msg) {
             Ok(()) => {
@@ -419,10 +414,7 @@ async fn run_writer(
 }
 
 struct CommitOutcome {
-    replies: Vec<(
-        oneshot::Sender<Result<u64, AuditError>>,
-        Result<u64, AuditError>,
-    )>,
+    replies: Vec<(Reply, Result<u64, AuditError>)>,
     events_written: u64,
     events_lost: u64,
 }
@@ -515,20 +507,20 @@ impl Core {
             }
         }
         // Nothing usable in the current file: the chain continues from the newest rotated file.
-        if last_good.is_none() {
-            if let Some(newest) = files::rotated_siblings(&path)?.pop() {
-                let name = newest.path.display().to_string();
-                let bad = |why: String| AuditError::BadRotatedFile {
-                    path: path.clone(),
-                    name: name.clone(),
-                    why,
-                };
-                let line =
-                    files::last_line_of(&newest.path)?.ok_or_else(|| bad("it is empty".into()))?;
-                let rec = parse_line(&line.bytes)
-                    .map_err(|e| bad(format!("its last line is not a record: {e:?}")))?;
-                last_good = Some((rec.seq, hex(&sha256(&line.bytes))));
-            }
+        if last_good.is_none()
+            && let Some(newest) = files::rotated_siblings(&path)?.pop()
+        {
+            let name = newest.path.display().to_string();
+            let bad = |why: String| AuditError::BadRotatedFile {
+                path: path.clone(),
+                name: name.clone(),
+                why,
+            };
+            let line =
+                files::last_line_of(&newest.path)?.ok_or_else(|| bad("it is empty".into()))?;
+            let rec = parse_line(&line.bytes)
+                .map_err(|e| bad(format!("its last line is not a record: {e}")))?;
+            last_good = Some((rec.seq, hex(&sha256(&line.bytes))));
         }
         let (last_seq, prev) = match &last_good {
             Some((seq, hash)) => (*seq, hash.clone()),
@@ -615,14 +607,16 @@ impl Core {
             core.append(
                 now,
                 kind::RECOVERED,
-                &json!({"reason": "torn tail", "detail": reason, "file": file_name,
+                &encode_data(
+                    &json!({"reason": "torn tail", "detail": reason, "file": file_name,
                         "torn_offset": offset, "torn_length": bytes.len(), "torn_sha256": sha}),
+                ),
             )?;
         }
         for (msg, data) in seal_notes {
             tracing::warn!(path = %core.path.display(), "audit log: {msg}");
             report.warnings.push(msg);
-            core.append(now, kind::RECOVERED, &data)?;
+            core.append(now, kind::RECOVERED, &encode_data(&data))?;
         }
         if !core.pending.is_empty() {
             core.sync()?;
@@ -658,7 +652,7 @@ impl Core {
         }
     }
 
-    fn append(&mut self, time: Timestamp, kind: &str, data: &Value) -> Result<u64, AuditError> {
+    fn append(&mut self, time: Timestamp, kind: &str, data: &[u8]) -> Result<u64, AuditError> {
         self.check_failed()?;
         if self.rotation_due(time) {
             self.sync()?;
@@ -763,8 +757,10 @@ impl Core {
         self.append(
             now,
             kind::ROTATED,
-            &json!({"previous_file": rotated_file, "previous_first_seq": previous_first,
+            &encode_data(
+                &json!({"previous_file": rotated_file, "previous_first_seq": previous_first,
                     "previous_last_seq": previous_last, "compressed": self.compress}),
+            ),
         )?;
         if self.compress {
             self.compressors.retain(|h| !h.is_finished());
@@ -812,7 +808,7 @@ impl Core {
         }
         if dropped > 0 {
             let data = json!({"count": dropped, "reason": "queue full"});
-            if let Err(e) = self.append(Timestamp::now(), kind::DROPPED, &data) {
+            if let Err(e) = self.append(Timestamp::now(), kind::DROPPED, &encode_data(&data)) {
                 tracing::error!(path = %self.path.display(), dropped, "audit log: could not record dropped events: {e}");
             }
         }
@@ -861,7 +857,6 @@ fn describe_bad_line(line: &RawLine) -> String {
     match parse_line(&line.bytes) {
         _ if !line.newline => "no trailing newline (write cut short)".to_owned(),
         Ok(_) => "a complete record".to_owned(),
-        Err(ParseError::Json(e)) => format!("invalid JSON ({e})"),
-        Err(ParseError::Shape(e)) => format!("not a record ({e})"),
+        Err(e) => e.to_string(),
     }
 }
