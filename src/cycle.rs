@@ -1006,7 +1006,7 @@ pub fn ha_archive_file_name(name: &str, date: &str) -> Option<String> {
         .unwrap_or(date);
     let dt: jiff::civil::DateTime = civil_part.parse().ok()?;
     let micros = dt.subsec_nanosecond() / 1000;
-    let stamp = format!("{} {:06}", dt.strftime("%Y-%m-%d %H.%M %S"), micros);
+    let stamp = format!("{}{:06}", dt.strftime("%Y-%m-%d %H.%M %S"), micros);
     let joined = format!("{name} {stamp}.tar");
     Some(joined.split_whitespace().collect::<Vec<_>>().join("_"))
 }

@@ -81,6 +81,9 @@ pub enum Command {
     Prune(store_cmds::PruneArgs),
     /// Show the SSH server's host key fingerprint, to compare and pin it.
     TrustHost(trust_host::TrustHostArgs),
+    /// The tamper-evident audit log: verify its hash chain, or show its records.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// Sets up tracing on standard error.
@@ -118,6 +121,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => store_cmds::verify(&cli.global, args).await,
         Command::Prune(args) => store_cmds::prune(&cli.global, args).await,
         Command::TrustHost(args) => trust_host::run(&cli.global, args).await,
+        Command::Audit(cmd) => {
+            // The path comes from the config when there is one; `--path` overrides it.
+            let path = config::load(&cli.global.config)
+                .ok()
+                .and_then(|l| l.config.audit.map(|a| a.path));
+            audit::run(cmd, path.as_deref()).await
+        }
     };
     match outcome {
         Ok(code) => code,
