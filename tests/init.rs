@@ -109,6 +109,15 @@ fn init_writes_a_usable_key_config_and_known_hosts() {
         "{check_out}"
     );
     assert!(check_out.contains("[FAIL] connect"), "{check_out}");
+
+    // The daemon's state file is in the data folder too, where `hapull health` looks for it.
+    let health = hapull(&["-c", cfg_s, "health"]);
+    assert_eq!(health.status.code(), Some(1));
+    assert!(
+        text(&health.stdout).contains(&format!("{}/state.json", data.display())),
+        "{}",
+        text(&health.stdout)
+    );
     assert!(!check_out.contains("not-a-real-token"));
 }
 

@@ -167,6 +167,11 @@ fn render_config(
     let mut text = EXAMPLE_CONFIG
         .replace(&format!("\"{EXAMPLE_CONFIG_DIR}/"), &format!("\"{dir_s}/"))
         .replace(&format!("\"{EXAMPLE_DATA_DIR}/"), &format!("\"{data_s}/"));
+    // The state file's default is under the example's data folder; elsewhere (a container's /data) it
+    // must be spelled out, or `hapull run` and `hapull health` would use a folder that may not exist.
+    if data_s != EXAMPLE_DATA_DIR {
+        text = text.replacen("# state_file = \"", "state_file = \"", 1);
+    }
     if let Some(url) = ha_url {
         text = text.replacen(
             EXAMPLE_URL_LINE,
@@ -336,6 +341,9 @@ mod tests {
 
     #[test]
     fn the_example_still_has_the_lines_init_rewrites() {
+        assert!(EXAMPLE_CONFIG.contains(&format!(
+            "# state_file = \"{EXAMPLE_DATA_DIR}/state.json\""
+        )));
         assert!(EXAMPLE_CONFIG.contains(EXAMPLE_URL_LINE));
         assert!(EXAMPLE_CONFIG.contains(EXAMPLE_HOST_LINE));
         assert!(EXAMPLE_CONFIG.contains(&format!("\"{EXAMPLE_CONFIG_DIR}/id_ed25519\"")));
@@ -364,6 +372,10 @@ mod tests {
         );
         assert_eq!(ssh.host.as_deref(), Some("ha.example"));
         assert_eq!(raw.store.unwrap().dir.as_deref(), Some("/data/archives"));
+        assert_eq!(
+            raw.schedule.unwrap().state_file.as_deref(),
+            Some("/data/state.json")
+        );
         assert_eq!(
             raw.home_assistant.unwrap().url.as_deref(),
             Some("https://ha.example:8123")
