@@ -57,7 +57,10 @@ fn render_body(cmd: &clap::Command, out: &mut Vec<u8>) -> io::Result<()> {
         if let Some(about) = sub.get_long_about().or(sub.get_about()) {
             writeln!(out, "{}", roff_escape(&about.to_string()))?;
         }
-        for arg in sub.get_arguments().filter(|a| !a.is_hide_set() && !a.is_global_set()) {
+        for arg in sub
+            .get_arguments()
+            .filter(|a| !a.is_hide_set() && !a.is_global_set())
+        {
             let flag = match (arg.get_short(), arg.get_long()) {
                 (Some(s), Some(l)) => format!("-{s}, --{l}"),
                 (None, Some(l)) => format!("--{l}"),
@@ -73,7 +76,10 @@ fn render_body(cmd: &clap::Command, out: &mut Vec<u8>) -> io::Result<()> {
             )?;
         }
         for nested in sub.get_subcommands() {
-            let about = nested.get_about().map(|a| a.to_string()).unwrap_or_default();
+            let about = nested
+                .get_about()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             writeln!(
                 out,
                 ".RS\n.TP\n\\fBhapull {} {}\\fR\n{}\n.RE",

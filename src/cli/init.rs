@@ -78,7 +78,11 @@ pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
             .map(|p| p.display().to_string())
             .collect();
         if !existing.is_empty() {
-            let verb = if existing.len() == 1 { "exists" } else { "exist" };
+            let verb = if existing.len() == 1 {
+                "exists"
+            } else {
+                "exist"
+            };
             eprintln!(
                 "hapull: error: {} already {verb}; nothing was written. Pass --force to replace (the old key pair and known_hosts are lost), or choose another --dir",
                 existing.join(", ")
@@ -112,11 +116,14 @@ pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
     write_file(&dir.join(CONFIG_NAME), config.as_bytes(), 0o644)?;
     sync_dir(&dir)?;
 
-    let fingerprint = key
-        .public_key()
-        .fingerprint(russh::keys::HashAlg::Sha256);
+    let fingerprint = key.public_key().fingerprint(russh::keys::HashAlg::Sha256);
     let mut out = io::stdout().lock();
-    let text = instructions(&dir, &public, &fingerprint.to_string(), args.from.as_deref());
+    let text = instructions(
+        &dir,
+        &public,
+        &fingerprint.to_string(),
+        args.from.as_deref(),
+    );
     // A closed pipe (`hapull init | head`) is not a failure: the files are written.
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
     Ok(ExitCode::from(EXIT_OK))
@@ -160,7 +167,9 @@ fn render_config(
     let utf8 = |p: &Path| {
         p.to_str()
             .map(|s| s.trim_end_matches('/').to_string())
-            .ok_or_else(|| anyhow::anyhow!("{} is not valid UTF-8; choose another folder", p.display()))
+            .ok_or_else(|| {
+                anyhow::anyhow!("{} is not valid UTF-8; choose another folder", p.display())
+            })
     };
     let dir_s = toml_escape(&utf8(dir)?);
     let data_s = toml_escape(&utf8(data_dir)?);
@@ -341,9 +350,9 @@ mod tests {
 
     #[test]
     fn the_example_still_has_the_lines_init_rewrites() {
-        assert!(EXAMPLE_CONFIG.contains(&format!(
-            "# state_file = \"{EXAMPLE_DATA_DIR}/state.json\""
-        )));
+        assert!(
+            EXAMPLE_CONFIG.contains(&format!("# state_file = \"{EXAMPLE_DATA_DIR}/state.json\""))
+        );
         assert!(EXAMPLE_CONFIG.contains(EXAMPLE_URL_LINE));
         assert!(EXAMPLE_CONFIG.contains(EXAMPLE_HOST_LINE));
         assert!(EXAMPLE_CONFIG.contains(&format!("\"{EXAMPLE_CONFIG_DIR}/id_ed25519\"")));
