@@ -3,8 +3,10 @@
 
 pub mod audit;
 mod check;
+mod completions;
 mod context;
 mod events;
+mod init;
 mod once;
 mod run;
 mod store_cmds;
@@ -84,6 +86,13 @@ pub enum Command {
     /// The tamper-evident audit log: verify its hash chain, or show its records.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Write a commented config, a key pair and known_hosts into a folder, and print what to set up on
+    /// the Home Assistant host.
+    Init(init::InitArgs),
+    /// Print a shell completion script.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff).
+    Man(completions::ManArgs),
 }
 
 /// Sets up tracing on standard error.
@@ -121,6 +130,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => store_cmds::verify(&cli.global, args).await,
         Command::Prune(args) => store_cmds::prune(&cli.global, args).await,
         Command::TrustHost(args) => trust_host::run(&cli.global, args).await,
+        Command::Init(args) => init::run(&cli.global, args).await,
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
         Command::Audit(cmd) => {
             // The path comes from the config when there is one; `--path` overrides it.
             let path = config::load(&cli.global.config)
