@@ -1,1 +1,2 @@
 //! sim (in progress)
+pub mod sftp_server;
