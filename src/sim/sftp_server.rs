@@ -86,7 +86,11 @@ pub struct SftpServerOptions {
 
 impl SftpServerOptions {
     /// Options with a generated host key and no faults.
-    pub fn new(root: impl Into<PathBuf>, user: impl Into<String>, authorized_key: PublicKey) -> Self {
+    pub fn new(
+        root: impl Into<PathBuf>,
+        user: impl Into<String>,
+        authorized_key: PublicKey,
+    ) -> Self {
         Self {
             root: root.into(),
             user: user.into(),
@@ -164,7 +168,9 @@ impl SftpServer {
         // The comment would make the line differ from what `ssh-keyscan` prints; leave it out.
         let bare_key = PublicKey::new(host_public_key.key_data().clone(), "");
         let encoded = bare_key.to_openssh().map_err(|e| {
-            io::Error::other(format!("SFTP server host key {fingerprint} cannot be encoded: {e}"))
+            io::Error::other(format!(
+                "SFTP server host key {fingerprint} cannot be encoded: {e}"
+            ))
         })?;
 
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -510,7 +516,10 @@ impl russh::server::Handler for SshHandler {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(chan) = (name == "sftp").then(|| self.channels.remove(&channel)).flatten() else {
+        let Some(chan) = (name == "sftp")
+            .then(|| self.channels.remove(&channel))
+            .flatten()
+        else {
             info!(peer = %self.peer, subsystem = name, "refused a subsystem other than sftp");
             return session.channel_failure(channel);
         };
@@ -585,10 +594,13 @@ fn read_only(what: &str, path: &str) -> StatusReply {
 
 fn io_status(path: &str, e: &io::Error) -> StatusReply {
     match e.kind() {
-        io::ErrorKind::NotFound => status(StatusCode::NoSuchFile, format!("{path:?} does not exist")),
-        io::ErrorKind::PermissionDenied => {
-            status(StatusCode::PermissionDenied, format!("{path:?} is not readable"))
+        io::ErrorKind::NotFound => {
+            status(StatusCode::NoSuchFile, format!("{path:?} does not exist"))
         }
+        io::ErrorKind::PermissionDenied => status(
+            StatusCode::PermissionDenied,
+            format!("{path:?} is not readable"),
+        ),
         _ => status(StatusCode::Failure, format!("{path:?}: {e}")),
     }
 }
@@ -616,7 +628,10 @@ fn lexical_components(path: &str) -> Result<Vec<&str>, StatusReply> {
                 }
             }
             name if name.contains('\0') => {
-                return Err(status(StatusCode::BadMessage, format!("{path:?} contains a NUL byte")));
+                return Err(status(
+                    StatusCode::BadMessage,
+                    format!("{path:?} contains a NUL byte"),
+                ));
             }
             name => parts.push(name),
         }
@@ -707,7 +722,10 @@ impl russh_sftp::server::Handler for SftpHandler {
     type Error = StatusReply;
 
     fn unimplemented(&self) -> Self::Error {
-        status(StatusCode::OpUnsupported, "not supported by this read-only server")
+        status(
+            StatusCode::OpUnsupported,
+            "not supported by this read-only server",
+        )
     }
 
     async fn init(
@@ -789,7 +807,10 @@ impl russh_sftp::server::Handler for SftpHandler {
 
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
         let Some(OpenHandle::File(file)) = self.handles.get(&handle) else {
-            return Err(status(StatusCode::Failure, format!("{handle:?} is not an open file handle")));
+            return Err(status(
+                StatusCode::Failure,
+                format!("{handle:?} is not an open file handle"),
+            ));
         };
         let meta = file.metadata().map_err(|e| io_status(&handle, &e))?;
         Ok(Attrs {
@@ -813,7 +834,9 @@ impl russh_sftp::server::Handler for SftpHandler {
             // Entries are listed as they are (links as links), like OpenSSH's sftp-server.
             match entry.metadata().await {
                 Ok(meta) => entries.push_back(File::new(name, attrs_of(&meta))),
-                Err(e) => debug!(dir = %path, entry = %name, error = %e, "entry vanished while listing"),
+                Err(e) => {
+                    debug!(dir = %path, entry = %name, error = %e, "entry vanished while listing")
+                }
             }
         }
         let handle = self.add_handle(OpenHandle::Dir(entries))?;
@@ -822,7 +845,10 @@ impl russh_sftp::server::Handler for SftpHandler {
 
     async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
         let Some(OpenHandle::Dir(entries)) = self.handles.get_mut(&handle) else {
-            return Err(status(StatusCode::Failure, format!("{handle:?} is not an open directory handle")));
+            return Err(status(
+                StatusCode::Failure,
+                format!("{handle:?} is not an open directory handle"),
+            ));
         };
         if entries.is_empty() {
             return Err(StatusCode::Eof.into());
@@ -878,17 +904,28 @@ impl russh_sftp::server::Handler for SftpHandler {
         len: u32,
     ) -> Result<Data, Self::Error> {
         let Some(OpenHandle::File(file)) = self.handles.get(&handle) else {
-            return Err(status(StatusCode::Failure, format!("{handle:?} is not an open file handle")));
+            return Err(status(
+                StatusCode::Failure,
+                format!("{handle:?} is not an open file handle"),
+            ));
         };
         let file = Arc::clone(file);
         let Some(allowed) = self.budget(u64::from(len.min(MAX_READ_LEN))) else {
-            return Err(status(StatusCode::Failure, "connection is being cut (fault injection)"));
+            return Err(status(
+                StatusCode::Failure,
+                "connection is being cut (fault injection)",
+            ));
         };
         // `allowed` is at most MAX_READ_LEN, so it fits a usize on every platform.
         let want = usize::try_from(allowed).unwrap_or(MAX_READ_LEN as usize);
         let data = tokio::task::spawn_blocking(move || read_at_full(&file, offset, want))
             .await
-            .map_err(|e| status(StatusCode::Failure, format!("read of {handle:?} failed: {e}")))?
+            .map_err(|e| {
+                status(
+                    StatusCode::Failure,
+                    format!("read of {handle:?} failed: {e}"),
+                )
+            })?
             .map_err(|e| io_status(&handle, &e))?;
         if data.is_empty() && want > 0 {
             return Err(StatusCode::Eof.into());
@@ -902,7 +939,10 @@ impl russh_sftp::server::Handler for SftpHandler {
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         if self.handles.remove(&handle).is_none() {
-            return Err(status(StatusCode::Failure, format!("{handle:?} is not an open handle")));
+            return Err(status(
+                StatusCode::Failure,
+                format!("{handle:?} is not an open handle"),
+            ));
         }
         Ok(Status {
             id,
