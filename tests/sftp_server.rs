@@ -19,8 +19,9 @@ const ARCHIVE: &str = "a1b2c3d4.tar";
 
 /// Deterministic bytes that do not compress to nothing and are not a multiple of any read size.
 fn archive_bytes(len: usize) -> Vec<u8> {
-    let mut rng = fastrand::Rng::with_seed(7);
-    (0..len).map(|_| rng.u8(..)).collect()
+    let mut bytes = vec![0u8; len];
+    fastrand::Rng::with_seed(7).fill(&mut bytes);
+    bytes
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -127,12 +128,18 @@ impl Fixture {
 
 #[tokio::test]
 async fn openssh_sftp_lists_and_downloads_byte_exact() {
-    let fx = Fixture::start(Faults::default(), 5 * 1024 * 1024 + 4321).await;
+    // Large enough that OpenSSH keeps 64 reads of 255 KiB in flight for many rounds: a server that
+    // stops reading requests while a reply waits for window stalls well before the end.
+    let fx = Fixture::start(Faults::default(), 48 * 1024 * 1024 + 4321).await;
     let dest = fx.local("downloaded.tar");
 
-    let listing = fx
-        .sftp_ok(&format!("ls -l /\nget /{ARCHIVE} {}\n", dest.display()))
-        .await;
+    // A guard against a stalled transfer hanging the suite, not a speed requirement.
+    let listing = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        fx.sftp_ok(&format!("ls -l /\nget /{ARCHIVE} {}\n", dest.display())),
+    )
+    .await
+    .expect("the download stalled");
 
     assert!(listing.contains(ARCHIVE), "listing: {listing}");
     assert!(listing.contains("old"), "listing: {listing}");

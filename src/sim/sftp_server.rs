@@ -70,7 +70,7 @@ pub struct Faults {
 }
 
 /// What to serve, to whom, and with which host key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SftpServerOptions {
     /// The folder served as `/`.
     pub root: PathBuf,
@@ -82,6 +82,26 @@ pub struct SftpServerOptions {
     pub host_key: Option<PrivateKey>,
     /// Fault injection; none by default.
     pub faults: Faults,
+}
+
+impl std::fmt::Debug for SftpServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Only the host key's fingerprint: the private half never reaches a log line.
+        let host_key = self
+            .host_key
+            .as_ref()
+            .map(|k| k.fingerprint(HashAlg::Sha256).to_string());
+        f.debug_struct("SftpServerOptions")
+            .field("root", &self.root)
+            .field("user", &self.user)
+            .field(
+                "authorized_key",
+                &self.authorized_key.fingerprint(HashAlg::Sha256).to_string(),
+            )
+            .field("host_key", &host_key)
+            .field("faults", &self.faults)
+            .finish()
+    }
 }
 
 impl SftpServerOptions {
@@ -530,7 +550,7 @@ impl russh::server::Handler for SshHandler {
             handles: HashMap::new(),
             next_handle: 0,
         };
-        russh_sftp::server::run(chan.into_stream(), sftp).await;
+        russh_sftp::server::run(DrainedChannel::new(chan.into_stream()), sftp).await;
         Ok(())
     }
 
@@ -566,6 +586,91 @@ impl russh::server::Handler for SshHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.channel_failure(channel)
+    }
+}
+
+/// An SSH channel whose incoming data is read eagerly by its own task.
+///
+/// russh's session loop hands incoming channel data to a bounded queue and waits when it is full, and it
+/// is the same loop that processes the client's window adjustments. The SFTP loop reads one request,
+/// then writes its reply, so when a reply waits for window while the client keeps pipelining requests,
+/// the queue fills and both sides wait on each other. Draining requests as they arrive breaks that
+/// cycle; what is buffered is bounded by how many requests the client keeps outstanding.
+struct DrainedChannel {
+    incoming: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+    pending: bytes::Bytes,
+    outgoing: tokio::io::WriteHalf<russh::ChannelStream<Msg>>,
+}
+
+impl DrainedChannel {
+    fn new(stream: russh::ChannelStream<Msg>) -> Self {
+        let (mut read, outgoing) = tokio::io::split(stream);
+        let (tx, incoming) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(bytes::Bytes::copy_from_slice(&buf[..n])).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            incoming,
+            pending: bytes::Bytes::new(),
+            outgoing,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for DrainedChannel {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        while self.pending.is_empty() {
+            match self.incoming.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => self.pending = chunk,
+                // The channel ended: end of stream.
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = self.pending.len().min(buf.remaining());
+        let chunk = self.pending.split_to(n);
+        buf.put_slice(&chunk);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for DrainedChannel {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.outgoing).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.outgoing).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.outgoing).poll_shutdown(cx)
     }
 }
 
