@@ -2,8 +2,8 @@
 //!
 //! It speaks real SSH (russh) and SFTP version 3 (russh-sftp), so OpenSSH's `sftp` and hapull's own
 //! russh client both talk to it exactly as they would to the sshd on a Home Assistant host. One folder
-//! is served as `/`; one user with one public key may log in; passwords and every other method are
-//! refused.
+//! is served as `/` (so a client configured against it uses `remote_dir = "/"`); one user with one
+//! public key may log in; passwords and every other method are refused.
 //!
 //! What it must not do: change anything. Every write, remove, rename, mkdir, rmdir, setstat and symlink
 //! request is answered with "permission denied", and no path (through `..` or a symbolic link) reaches
