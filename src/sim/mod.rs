@@ -24,6 +24,7 @@
 //!   that moment is abandoned with its partial file left behind.
 
 mod archive;
+pub mod sftp_server;
 mod conn;
 mod state;
 
