@@ -5,6 +5,7 @@ pub mod audit;
 mod check;
 mod completions;
 mod context;
+mod demo;
 mod events;
 mod init;
 mod once;
@@ -61,6 +62,9 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Full cycles against a simulated Home Assistant and an embedded SFTP server, in a temporary
+    /// folder: no network, no root, no configuration.
+    Demo(demo::DemoArgs),
     /// Check the configuration and the connection to Home Assistant; exit 0 only when all is ready.
     Check(check::CheckArgs),
     /// Print Home Assistant events as JSON lines until interrupted.
@@ -120,6 +124,7 @@ pub fn init_tracing(global: &Global) -> anyhow::Result<()> {
 /// Runs a command and maps its outcome to an exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
+        Command::Demo(args) => demo::run(&cli.global, args).await,
         Command::Check(args) => check::run(&cli.global, args).await,
         Command::Events(args) => events::run(&cli.global, args).await,
         Command::Run(args) => run::run(&cli.global, args).await,

@@ -24,8 +24,8 @@
 //!   that moment is abandoned with its partial file left behind.
 
 mod archive;
-pub mod sftp_server;
 mod conn;
+pub mod sftp_server;
 mod state;
 
 use std::net::SocketAddr;
