@@ -312,6 +312,15 @@ impl Context {
             }
         }
         info!(%api, ha_version = %self.client.ha_version(), "connected");
+        let api_name = match api {
+            BackupApi::Modern => "modern",
+            BackupApi::Legacy { .. } => "legacy",
+        };
+        self.record(
+            "cycle.connected",
+            json!({"ha_version": self.client.ha_version(), "backup_api": api_name}),
+        )
+        .await?;
         Ok((api, sub))
     }
 
@@ -774,6 +783,11 @@ impl Context {
         session.close().await;
         let path = result?;
         info!(remote = %path, "archive located");
+        self.record(
+            "archive.located",
+            json!({"backup_id": made.backup_id, "remote": path}),
+        )
+        .await?;
         Ok(path)
     }
 

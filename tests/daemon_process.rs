@@ -169,6 +169,14 @@ async fn run_completes_two_cycles_and_stops_cleanly_on_sigterm() {
         "{kinds:?}"
     );
     assert_eq!(kinds.last().map(String::as_str), Some("service.stopped"));
+    // Home Assistant heard about each success.
+    let pulled = s
+        .sim
+        .fired_events()
+        .iter()
+        .filter(|e| e["event_type"] == "hapull_backup_pulled")
+        .count();
+    assert!(pulled >= 2, "{:?}", s.sim.fired_events());
     // HA keeps exactly keep_on_ha (1) of hapull's backups; the older one went only after its commit.
     assert_eq!(s.sim.backups().len(), 1);
     // The audit chain is intact.
@@ -258,4 +266,41 @@ async fn sigterm_mid_transfer_leaves_a_partial_that_the_next_pull_resumes() {
     let store = Store::open(s.dir.path().join("archives")).unwrap();
     let a = store.find(&id).unwrap().unwrap();
     assert!(store.verify(&a).unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_cycle_is_announced_in_home_assistant() {
+    let s = setup("", 0).await;
+    s.sim.control().fail_next_backup("upload_failed");
+    let log = s.dir.path().join("run.log");
+    let mut child = spawn_run(&s.config, &log);
+    let failed = wait_until(Duration::from_secs(30), || {
+        audit_kinds(s.dir.path())
+            .iter()
+            .any(|k| k == "cycle.failed")
+    })
+    .await;
+    assert!(
+        failed,
+        "log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let announced = wait_until(Duration::from_secs(10), || {
+        !s.sim.notifications().is_empty()
+            && s.sim
+                .fired_events()
+                .iter()
+                .any(|e| e["event_type"] == "hapull_backup_failed")
+    })
+    .await;
+    assert!(announced, "notifications: {:?}", s.sim.notifications());
+    let note = s.sim.notifications()[0].to_string();
+    assert!(note.contains("upload_failed"), "{note}");
+    sigterm(&child);
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(30)).code(),
+        Some(0)
+    );
+    // Nothing was deleted in HA (the failed backup left nothing, nothing else was there).
+    assert!(s.sim.backups().is_empty());
 }

@@ -991,3 +991,48 @@ async fn detects_the_api_by_asking() {
         BackupApi::Legacy { has_details: false }
     );
 }
+
+#[tokio::test]
+async fn websocket_pings_from_home_assistant_are_answered() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        ws.send(text(
+            json!({"type": "auth_required", "ha_version": "2026.11.0"}),
+        ))
+        .await
+        .unwrap();
+        let _ = ws.next().await;
+        ws.send(text(json!({"type": "auth_ok", "ha_version": "2026.11.0"})))
+            .await
+            .unwrap();
+        ws.send(Message::Ping(b"are you there".to_vec().into()))
+            .await
+            .unwrap();
+        // HA drops clients that do not answer its pings; the answer must come without any request.
+        let mut tx = Some(tx);
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Pong(p) => {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(p.to_vec());
+                    }
+                }
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    let _ = ws.send(ok(&v, Value::Null)).await;
+                }
+                _ => {}
+            }
+        }
+    });
+    let _client = Client::connect(options(&url, "t")).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .expect("pong in time")
+        .unwrap();
+    assert_eq!(pong, b"are you there");
+}

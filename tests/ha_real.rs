@@ -152,3 +152,116 @@ async fn check_passes_and_fails_with_advice_for_a_wrong_token() {
     );
     assert!(!stdout.contains("not-a-token"));
 }
+
+#[tokio::test]
+#[ignore = "needs a real Home Assistant: see the file's header"]
+async fn run_records_chosen_events_from_real_home_assistant() {
+    let (url, token_file) = instance();
+    let dir = tempfile::tempdir().unwrap();
+    // SSH is configured but never contacted: no cycle runs in this test (the schedule is far away).
+    std::fs::write(dir.path().join("key"), "unused").unwrap();
+    std::fs::write(dir.path().join("known_hosts"), "").unwrap();
+    let cfg = dir.path().join("hapull.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[home_assistant]\nurl = \"{url}\"\ntoken_file = \"{token_file}\"\n\
+             [ssh]\nhost = \"127.0.0.1\"\nidentity_file = \"key\"\nknown_hosts = \"known_hosts\"\n\
+             [store]\ndir = \"archives\"\n\
+             [audit]\npath = \"audit.jsonl\"\nrecord_events = [\"call_service\"]\nrecord_domains = [\"persistent_notification\"]\n\
+             [schedule]\ncron = \"0 3 1 1 *\"\nstate_file = \"state.json\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hapull"))
+        .arg("-c")
+        .arg(&cfg)
+        .arg("run")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    // Wait until hapull is connected (its connection record is in the log).
+    for _ in 0..100 {
+        if std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .contains("\"ha.connection\"")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let client = client().await;
+    let marker = format!("hapull-audit-{}", std::process::id());
+    client
+        .call_service(
+            "persistent_notification",
+            "create",
+            serde_json::json!({"message": "audit test", "notification_id": marker}),
+            false,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    // A service of another domain is filtered out.
+    let _ = client
+        .call_service(
+            "homeassistant",
+            "check_config",
+            serde_json::json!({}),
+            false,
+            Duration::from_secs(60),
+        )
+        .await;
+    client
+        .call_service(
+            "persistent_notification",
+            "dismiss",
+            serde_json::json!({"notification_id": marker}),
+            false,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "ha.event")
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["data"]["data"]["service"] == "create"
+                && e["data"]["data"]["service_data"]["notification_id"] == marker),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["data"]["data"]["service"] == "dismiss")
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["data"]["data"]["domain"] == "persistent_notification"),
+        "{events:#?}"
+    );
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_hapull"))
+        .arg("-c")
+        .arg(&cfg)
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
