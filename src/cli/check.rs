@@ -60,6 +60,8 @@ pub async fn run(global: &Global, _args: CheckArgs) -> anyhow::Result<ExitCode> 
     }
     let cfg = loaded.config;
     check_home_assistant(&cfg, &mut report).await;
+    check_ssh(&cfg, &mut report).await;
+    check_store(&cfg, &mut report);
     if report.failed() {
         println!("not ready: fix the FAIL lines above");
         Ok(ExitCode::from(EXIT_FAILED))
@@ -210,5 +212,102 @@ fn explain_backup_error(e: &HaError) -> String {
             )
         }
         _ => e.to_string(),
+    }
+}
+
+/// The SSH side: host key, login, the backups folder and whether its archives are readable.
+async fn check_ssh(cfg: &Config, report: &mut Report) {
+    let Some(ssh) = &cfg.ssh else {
+        report.add(Level::Warn, "ssh", "no [ssh] section: hapull cannot pull archives (check, events and list --remote still work)");
+        return;
+    };
+    let target = match crate::service::ssh_target(cfg) {
+        Ok(t) => t,
+        Err(e) => {
+            report.add(Level::Fail, "ssh", e.to_string());
+            return;
+        }
+    };
+    let opts = crate::transfer::SessionOptions {
+        connect_timeout: ssh.connect_timeout,
+        ..Default::default()
+    };
+    let session = match crate::transfer::Session::connect(&target, &opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.add(Level::Fail, "ssh", e.to_string());
+            return;
+        }
+    };
+    report.add(
+        Level::Ok,
+        "ssh",
+        format!(
+            "{}@{}:{}: host key verified, logged in",
+            ssh.user, ssh.host, ssh.port
+        ),
+    );
+    match session.list_dir(&ssh.remote_dir).await {
+        Ok(entries) => {
+            let mut archives: Vec<_> = entries
+                .into_iter()
+                .filter(|e| e.is_file && e.name.ends_with(".tar"))
+                .collect();
+            archives.sort_by_key(|e| std::cmp::Reverse(e.mtime));
+            report.add(
+                Level::Ok,
+                "remote_dir",
+                format!("{}: {} archive(s)", ssh.remote_dir, archives.len()),
+            );
+            if let Some(newest) = archives.first() {
+                let path = format!("{}/{}", ssh.remote_dir.trim_end_matches('/'), newest.name);
+                match session
+                    .read_tar_member(&path, "./backup.json", 1 << 20)
+                    .await
+                {
+                    Ok(_) => report.add(
+                        Level::Ok,
+                        "readable",
+                        format!("{} can be read", newest.name.escape_debug()),
+                    ),
+                    Err(e) => report.add(Level::Fail, "readable", e.to_string()),
+                }
+            }
+        }
+        Err(e) => report.add(Level::Fail, "remote_dir", e.to_string()),
+    }
+    session.close().await;
+}
+
+/// The store folder exists (or can be made) and is writable.
+fn check_store(cfg: &Config, report: &mut Report) {
+    let Some(store) = &cfg.store else {
+        report.add(
+            Level::Warn,
+            "store",
+            "no [store] section: hapull has nowhere to put archives",
+        );
+        return;
+    };
+    match crate::service::open_store(cfg) {
+        Ok(s) => {
+            let probe = s.root().join(".hapull-check");
+            match std::fs::write(&probe, b"") {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&probe);
+                    report.add(
+                        Level::Ok,
+                        "store",
+                        format!("{} is writable", store.dir.display()),
+                    );
+                }
+                Err(e) => report.add(
+                    Level::Fail,
+                    "store",
+                    format!("cannot write in {}: {e}", store.dir.display()),
+                ),
+            }
+        }
+        Err(e) => report.add(Level::Fail, "store", e.to_string()),
     }
 }
