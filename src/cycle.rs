@@ -36,7 +36,9 @@ use crate::secret::Secret;
 use crate::store::{
     self, CommitInfo, RetentionPolicy, Store, StoredArchive, Verify, safe_component,
 };
-use crate::transfer::{self, PullOptions, PullOutcome, Session, SshTarget, TransferError};
+use crate::transfer::{
+    self, Identity, PullOptions, PullOutcome, Session, SshTarget, TransferError,
+};
 
 /// The steps of a cycle, as named in logs, audit records and errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +138,8 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub ssh: SshTarget,
+    /// The SSH key, decrypted once when the context is built.
+    pub identity: Identity,
     pub store: Arc<Store>,
     pub audit: Option<AuditLog>,
     pub settings: Settings,
@@ -484,7 +488,7 @@ impl Context {
             step: Step::Create,
             source,
         };
-        let session = Session::connect(&self.ssh, &self.settings.pull.session)
+        let session = Session::connect_with(&self.ssh, &self.identity, &self.settings.pull.session)
             .await
             .map_err(tr)?;
         let entries = session
@@ -742,7 +746,7 @@ impl Context {
         if matches!(api, BackupApi::Legacy { .. }) {
             guesses.push(format!("{id}.tar"));
         }
-        let session = Session::connect(&self.ssh, &self.settings.pull.session)
+        let session = Session::connect_with(&self.ssh, &self.identity, &self.settings.pull.session)
             .await
             .map_err(tr)?;
         let result = async {
@@ -802,7 +806,7 @@ impl Context {
             })?;
         let mut opts = self.settings.pull.clone();
         opts.expected_size = made.backup.as_ref().and_then(|b| b.size);
-        let outcome = transfer::pull(&self.ssh, remote, &local, &opts)
+        let outcome = transfer::pull_with(&self.ssh, &self.identity, remote, &local, &opts)
             .await
             .map_err(|source| CycleError::Transfer {
                 step: Step::Pull,

@@ -163,9 +163,13 @@ pub async fn context(
     audit: Option<AuditLog>,
     progress: bool,
 ) -> Result<Context, ServiceError> {
+    let ssh = ssh_target(cfg)?;
+    let identity = crate::transfer::load_identity(&ssh.identity_file, ssh.passphrase.as_ref())
+        .map_err(|e| setup(e.to_string()))?;
     Ok(Context {
         client,
-        ssh: ssh_target(cfg)?,
+        identity,
+        ssh,
         store: Arc::new(open_store(cfg)?),
         audit,
         settings: settings(cfg, progress)?,

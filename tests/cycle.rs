@@ -71,8 +71,10 @@ async fn context(rig: &Rig, mode: BackupMode, keep_on_ha: u32) -> Context {
         ..PullOptions::default()
     };
     pull.free_space_margin = 0;
+    let identity = hapull::transfer::load_identity(&ssh.identity_file, None).unwrap();
     Context {
         client: client(&rig.sim).await,
+        identity,
         ssh,
         store: Arc::new(Store::open(&rig.store_dir).unwrap()),
         audit: None,

@@ -159,7 +159,12 @@ async fn run_records_chosen_events_from_real_home_assistant() {
     let (url, token_file) = instance();
     let dir = tempfile::tempdir().unwrap();
     // SSH is configured but never contacted: no cycle runs in this test (the schedule is far away).
-    std::fs::write(dir.path().join("key"), "unused").unwrap();
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(dir.path().join("key"))
+        .status()
+        .unwrap();
+    assert!(keygen.success());
     std::fs::write(dir.path().join("known_hosts"), "").unwrap();
     let cfg = dir.path().join("hapull.toml");
     std::fs::write(

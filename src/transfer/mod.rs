@@ -109,11 +109,22 @@ pub async fn pull(
     opts: &PullOptions,
 ) -> Result<PullOutcome, TransferError> {
     let identity = load_identity(&target.identity_file, target.passphrase.as_ref())?;
+    pull_with(target, &identity, remote, local, opts).await
+}
+
+/// [`pull`] with an identity loaded once by the caller (a daemon decrypts its key at start, not per pull).
+pub async fn pull_with(
+    target: &SshTarget,
+    identity: &Identity,
+    remote: &str,
+    local: &Path,
+    opts: &PullOptions,
+) -> Result<PullOutcome, TransferError> {
     let started = Instant::now();
     let attempts = AtomicU32::new(0);
     let attempt = || async {
         attempts.fetch_add(1, Ordering::Relaxed);
-        let session = Session::connect_with(target, &identity, &opts.session).await?;
+        let session = Session::connect_with(target, identity, &opts.session).await?;
         let result = pull::pull_once(&session, remote, local, opts).await;
         session.close().await;
         result
