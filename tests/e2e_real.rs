@@ -77,8 +77,8 @@ fn full_cycle(mode: &'static str, scenario: &'static str) {
             ));
         }
     }
-    let verify = case.hapull(&["verify"]);
-    case.check(verify.code == Some(0), "`hapull verify` passes");
+    let verify = case.hapull(&["verify", "--all"]);
+    case.check(verify.code == Some(0), "`hapull verify --all` passes");
     let audit = case.hapull(&["audit", "verify", "--path", &case.audit.display().to_string()]);
     case.observe(format!("audit verify: exit {:?}", audit.code));
     case.check(audit.code == Some(0), "`hapull audit verify` passes");

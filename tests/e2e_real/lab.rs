@@ -259,13 +259,26 @@ impl Run {
 
     /// hapull's one-line verdict: the `committed ...` line, or the `hapull: ...` error line.
     pub fn verdict(&self) -> String {
-        let line = self
-            .stdout
-            .lines()
-            .find(|l| l.starts_with("committed "))
-            .or_else(|| self.stderr.lines().rev().find(|l| l.starts_with("hapull:")))
-            .unwrap_or("(no verdict line)");
-        format!("exit {:?}: {}", self.code, line.trim())
+        let committed = self.stdout.lines().find_map(|l| {
+            let rest = l.strip_prefix("committed ")?;
+            let (path, size) = rest.split_once(" (")?;
+            let file = path.rsplit('/').next()?;
+            let bytes = size.split_whitespace().next()?;
+            Some(format!("committed {file} ({bytes} bytes)"))
+        });
+        let line = committed.unwrap_or_else(|| {
+            self.stderr
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("hapull:"))
+                .unwrap_or("(no verdict line)")
+                .trim()
+                .to_string()
+        });
+        match self.code {
+            Some(c) => format!("exit {c}: {line}"),
+            None => format!("killed by a signal: {line}"),
+        }
     }
 }
 
@@ -477,9 +490,15 @@ impl Case {
             .filter(|(_, ok)| *ok)
             .map(|(id, _)| id.clone())
             .collect();
+        // Completed = a complete archive file seen during the case, or one this case's hapull was
+        // told is complete. HA's own list is not used: it keeps entries whose files an earlier
+        // delete command removed.
         let mut completed: BTreeSet<String> = self.seen.lock().unwrap().keys().cloned().collect();
-        completed.extend(in_ha.keys().cloned());
-        completed.extend(self.baseline.iter().cloned());
+        completed.extend(
+            self.audit_records("backup.completed")
+                .iter()
+                .filter_map(|r| r["data"]["backup_id"].as_str().map(str::to_string)),
+        );
         let lost: Vec<&String> = completed
             .iter()
             .filter(|id| {
