@@ -101,12 +101,28 @@ fn s1b_full_cycle_service_mode() {
 
 #[test]
 #[ignore = "needs real Home Assistant and the lab sshd: scripts/e2e-real"]
-fn s2_ha_restarted_mid_backup() {
+fn s2a_ha_restarted_mid_backup() {
     e2e!();
-    let mut case = Case::new(
-        "2 HA restarted mid-backup",
-        "hapull ends (no hang until the 2h timeout): non-zero exit naming the lost backup, nothing committed, nothing deleted",
+    restarted_mid_backup(
+        "TERM",
+        "2a HA restarted mid-backup (SIGTERM)",
+        "hapull ends without waiting for its timeout: commits the backup if HA finished it while shutting down, else exits 1 naming the lost backup; nothing deleted",
     );
+}
+
+#[test]
+#[ignore = "needs real Home Assistant and the lab sshd: scripts/e2e-real"]
+fn s2b_ha_crashed_mid_backup() {
+    e2e!();
+    restarted_mid_backup(
+        "KILL",
+        "2b HA killed (SIGKILL) mid-backup, then started",
+        "hapull ends without waiting for its timeout: exit 1 (backup lost, or HA lists a truncated archive that fails verification); nothing committed, nothing deleted",
+    );
+}
+
+fn restarted_mid_backup(signal: &str, scenario: &'static str, expected: &'static str) {
+    let mut case = Case::new(scenario, expected);
     case.configure(&Tweaks {
         timeout: "4m",
         ..Tweaks::default()
@@ -125,7 +141,7 @@ fn s2_ha_restarted_mid_backup() {
         c.backup_info().await.ok().map(|i| i.state)
     });
     case.observe(format!("HA backup manager before the restart: {busy:?}"));
-    case.ha.stop();
+    case.ha.stop_with(signal);
     case.ha.start();
     let mut child = child;
     let ended = case.wait_for("hapull to end", 6 * MIN, || {
@@ -141,6 +157,9 @@ fn s2_ha_restarted_mid_backup() {
         run.code != Some(0) || !case.committed().is_empty(),
         "exit 0 only with a committed archive",
     );
+    if signal == "KILL" {
+        case.check(run.code == Some(1), "exit 1 after a crash mid-backup");
+    }
     let timed_out = run.stderr.contains("gave up after");
     case.observe(format!("waited for its timeout: {timed_out}"));
     case.check(
@@ -168,11 +187,11 @@ fn s3_ha_stopped_during_pull() {
         case.incoming_bytes() > 4 << 20
     });
     case.check(pulling, "the pull started");
-    case.ha.stop();
     case.observe(format!(
-        "HA stopped with {} MiB pulled",
+        "stopping HA with {} MiB pulled",
         case.incoming_bytes() >> 20
     ));
+    case.ha.stop();
     let done = case.wait_for("the pull to finish or hapull to end", 4 * MIN, || {
         !case.committed().is_empty() || matches!(child.try_wait(), Ok(Some(_)))
     });

@@ -140,10 +140,16 @@ impl Ha {
 
     /// Stops this instance only (shared/real-ha/down.sh stops both).
     pub fn stop(&self) {
+        self.stop_with("TERM")
+    }
+
+    /// Stops this instance with a signal: TERM (HA shuts down, finishing what it can) or KILL (a
+    /// crash or power cut).
+    pub fn stop_with(&self, signal: &str) {
         let pid = std::fs::read_to_string(&self.pid_file).unwrap();
         let pid = pid.trim();
         let _ = Command::new("kill")
-            .args(["-TERM", "--", &format!("-{pid}")])
+            .args([&format!("-{signal}"), "--", &format!("-{pid}")])
             .status();
         for _ in 0..120 {
             let alive = Command::new("kill")
@@ -483,7 +489,8 @@ impl Case {
         self.stop_watch.store(true, Ordering::SeqCst);
         self.ha.wait_idle();
         let in_ha = self.ha.backups();
-        let files = archive_slugs(&self.ha.backup_dir);
+        // Present in HA = its archive file is still there (complete or not: HA keeps what it has).
+        let files = present_slugs(&self.ha.backup_dir);
         let committed = self.committed();
         let verified: BTreeSet<String> = committed
             .iter()
@@ -503,7 +510,7 @@ impl Case {
             .iter()
             .filter(|id| {
                 // HA's list can be stale after files were deleted behind its back: the file decides.
-                !verified.contains(*id) && !files.contains_key(*id)
+                !verified.contains(*id) && !files.contains(*id)
             })
             .collect();
         let bad: Vec<&String> = committed
@@ -588,8 +595,23 @@ pub fn archive_slugs(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// The slug of an archive whose tar structure reads to its end with a `backup.json` in it.
+/// `backup.json` slugs of every archive in a folder whose `backup.json` is readable.
+fn present_slugs(dir: &Path) -> BTreeSet<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return BTreeSet::new();
+    };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tar"))
+        .filter_map(|e| archive_slug(&e.path(), false))
+        .collect()
+}
+
 fn complete_archive_slug(path: &Path) -> Option<String> {
+    archive_slug(path, true)
+}
+
+/// The slug of an archive whose tar structure reads to its end with a `backup.json` in it.
+fn archive_slug(path: &Path, complete: bool) -> Option<String> {
     let f = std::fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
     let mut ar = tar::Archive::new(f);
@@ -604,6 +626,9 @@ fn complete_archive_slug(path: &Path) -> Option<String> {
             std::io::Read::read_to_string(&mut entry, &mut s).ok()?;
             let v: Value = serde_json::from_str(&s).ok()?;
             slug = v.get("slug").and_then(Value::as_str).map(str::to_string);
+            if !complete {
+                return slug;
+            }
         }
     }
     // A tar ends with two zero blocks; a file cut short at a member boundary has none.
