@@ -57,7 +57,10 @@ fn full_cycle(mode: &'static str, scenario: &'static str) {
         .iter()
         .filter_map(|r| r["data"]["backup_id"].as_str().map(str::to_string))
         .collect();
-    case.check(ids.len() == 2, format!("two backups created, audit says {ids:?}"));
+    case.check(
+        ids.len() == 2,
+        format!("two backups created, audit says {ids:?}"),
+    );
     if let [first_id, second_id] = ids.as_slice() {
         case.check(
             after.contains_key(second_id),
@@ -79,7 +82,12 @@ fn full_cycle(mode: &'static str, scenario: &'static str) {
     }
     let verify = case.hapull(&["verify", "--all"]);
     case.check(verify.code == Some(0), "`hapull verify --all` passes");
-    let audit = case.hapull(&["audit", "verify", "--path", &case.audit.display().to_string()]);
+    let audit = case.hapull(&[
+        "audit",
+        "verify",
+        "--path",
+        &case.audit.display().to_string(),
+    ]);
     case.observe(format!("audit verify: exit {:?}", audit.code));
     case.check(audit.code == Some(0), "`hapull audit verify` passes");
     case.finish();
@@ -199,7 +207,9 @@ fn s3_ha_stopped_during_pull() {
     let ended_while_down = case.wait_for("hapull to end while HA is down", MIN, || {
         matches!(child.try_wait(), Ok(Some(_)))
     });
-    case.observe(format!("hapull ended while HA was down: {ended_while_down}"));
+    case.observe(format!(
+        "hapull ended while HA was down: {ended_while_down}"
+    ));
     case.ha.start();
     let ended = case.wait_for("hapull to end", 4 * MIN, || {
         matches!(child.try_wait(), Ok(Some(_)))
@@ -229,7 +239,11 @@ fn s4_ssh_link_cut_mid_transfer() {
     let proxy = CutOnce::start(case.lab.port, 24 << 20);
     // The host key is known for the sshd's port; through the proxy it is the proxy's port.
     let kh = std::fs::read_to_string(&case.lab.known_hosts).unwrap();
-    let key = kh.split_once(' ').map(|(_, k)| k.trim()).unwrap().to_string();
+    let key = kh
+        .split_once(' ')
+        .map(|(_, k)| k.trim())
+        .unwrap()
+        .to_string();
     let known_hosts = case.dir.path().join("known_hosts");
     std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {key}\n", proxy.port)).unwrap();
     case.configure(&Tweaks {
@@ -363,7 +377,7 @@ fn s6_sigkill_mid_transfer_then_once_again() {
         .iter()
         .map(|r| json!({"id": r["data"]["backup_id"], "resumed": r["data"]["resumed_bytes"]}))
         .collect();
-    case.observe(format!("pulls: {resumed:?}"));
+    case.observe(format!("pulls: {}", Value::Array(resumed)));
     case.finish();
 }
 
@@ -383,13 +397,20 @@ fn s7_token_revoked() {
             .await
             .unwrap();
         let token = token.as_str().unwrap().to_string();
-        let list = c.call(json!({"type": "auth/refresh_tokens"})).await.unwrap();
+        let list = c
+            .call(json!({"type": "auth/refresh_tokens"}))
+            .await
+            .unwrap();
         let mine = list
             .as_array()
             .unwrap()
             .iter()
             .filter(|t| t["type"] == "long_lived_access_token")
-            .filter(|t| t["client_name"].as_str().is_some_and(|n| n.starts_with("hapull e2e")))
+            .filter(|t| {
+                t["client_name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("hapull e2e"))
+            })
             .filter_map(|t| t["id"].as_str().map(str::to_string))
             .collect::<Vec<_>>();
         let mut revoked = 0;
@@ -495,8 +516,22 @@ fn s9_backups_folder_unreadable() {
     );
     let dir = case.ha.backup_dir.clone();
     let _restore = Restore(dir.clone());
-    assert!(Command::new("chgrp").arg("root").arg(&dir).status().unwrap().success());
-    assert!(Command::new("chmod").arg("700").arg(&dir).status().unwrap().success());
+    assert!(
+        Command::new("chgrp")
+            .arg("root")
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("chmod")
+            .arg("700")
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success()
+    );
     let run = case.hapull(&["once"]);
     case.observe(format!("hapull: {}", run.verdict()));
     case.check(run.code == Some(1), "exit 1");

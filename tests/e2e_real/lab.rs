@@ -387,11 +387,7 @@ impl Case {
     pub fn spawn(&self, args: &[&str], tag: &str) -> Child {
         let out = std::fs::File::create(self.dir.path().join(format!("{tag}.out"))).unwrap();
         let err = std::fs::File::create(self.dir.path().join(format!("{tag}.err"))).unwrap();
-        self.command(args)
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap()
+        self.command(args).stdout(out).stderr(err).spawn().unwrap()
     }
 
     /// Waits for a spawned run and reads what it printed.
