@@ -548,3 +548,63 @@ fn s9_backups_folder_unreadable() {
     drop(_restore);
     case.finish();
 }
+
+#[test]
+#[ignore = "needs real Home Assistant and the lab sshd: scripts/e2e-real"]
+fn s5b_store_disk_fills_during_the_pull() {
+    e2e!();
+    let mut case = Case::new(
+        "5b store disk fills up during the pull",
+        "non-zero exit naming the full disk; no file in the store looks complete; the backup stays in HA",
+    );
+    // Big enough for hapull's free-space check before the pull; another writer fills it during it.
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=150m", "tmpfs"])
+        .arg(&case.store)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount a tmpfs (needs root)");
+    let _tmpfs = Tmpfs(case.store.clone());
+    case.configure(&Tweaks {
+        bandwidth_limit: Some("8MiB"),
+        ..Tweaks::default()
+    });
+    let _bulk = case.ha.bulk(64);
+    let mut child = case.spawn(&["once"], "once");
+    let pulling = case.wait_for("the pull to be under way", 3 * MIN, || {
+        case.incoming_bytes() > 8 << 20
+    });
+    case.check(pulling, "the pull got under way");
+    let filler = case.store.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    case.observe(format!(
+        "store filled with {} MiB in .incoming",
+        case.incoming_bytes() >> 20
+    ));
+    let ended = case.wait_for("hapull to end", 3 * MIN, || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let run = case.collect(child, "once");
+    let _ = std::fs::remove_file(&filler);
+    case.observe(format!("hapull: {}", run.verdict()));
+    case.check(ended, "hapull ended on its own");
+    case.check(run.code == Some(1), "exit 1");
+    let said = run.stderr.to_lowercase();
+    case.check(
+        said.contains("space") || said.contains("full"),
+        "the error names the full disk",
+    );
+    let committed = case.committed();
+    case.check(
+        committed.is_empty(),
+        format!("nothing looks complete in the store: {committed:?}"),
+    );
+    case.finish();
+}
