@@ -630,7 +630,7 @@ impl Context {
                     warn!(
                         "reconnected while waiting; asking Home Assistant where the backup stands"
                     );
-                    if self.completion_after_reconnect(&made).await? == Some(true) {
+                    if self.completion_after_reconnect(&made, deadline).await? {
                         break;
                     }
                 }
@@ -660,33 +660,62 @@ impl Context {
         Ok(made)
     }
 
-    /// After a reconnect: `Some(true)` when the backup is finished, `Some(false)`/`None` to keep waiting.
-    async fn completion_after_reconnect(&self, made: &Made) -> Result<Option<bool>, CycleError> {
-        let info = match self.client.backup_info().await {
-            Ok(i) => i,
-            Err(e) if e.is_transient() => return Ok(None),
-            Err(source) => {
-                return Err(CycleError::Ha {
+    /// After a reconnect: `true` when the backup is finished, `false` while it is still being made.
+    /// A backup that is neither running nor listed is gone (Home Assistant restarted mid-backup):
+    /// no event will ever complete it, so waiting for the timeout would only hide the loss.
+    async fn completion_after_reconnect(
+        &self,
+        made: &Made,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, CycleError> {
+        loop {
+            let info = match self.client.backup_info().await {
+                Ok(i) => Some(i),
+                Err(e) if e.is_transient() => None,
+                Err(source) => {
+                    return Err(CycleError::Ha {
+                        step: Step::Await,
+                        source,
+                    });
+                }
+            };
+            // A restarted Home Assistant answers before its backup manager is ready ("blocked").
+            if let Some(info) = info.filter(|i| i.state != "blocked") {
+                if info.state == "create_backup" {
+                    return Ok(false);
+                }
+                if info.backups.iter().any(|b| b.backup_id == made.backup_id) {
+                    return Ok(true);
+                }
+                return match info.last_action_event {
+                    Some(BackupEvent::CreateBackup {
+                        state: BackupState::Failed,
+                        reason,
+                        ..
+                    }) => Err(CycleError::BackupFailed {
+                        reason: reason
+                            .unwrap_or_else(|| "failed while hapull was disconnected".into()),
+                    }),
+                    _ => Err(CycleError::Refused {
+                        step: Step::Await,
+                        message: format!(
+                            "backup {} is gone: Home Assistant is idle and does not list it (it restarted mid-backup?); nothing was deleted, the next cycle makes a new one",
+                            made.backup_id
+                        ),
+                    }),
+                };
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CycleError::Timeout {
                     step: Step::Await,
-                    source,
+                    after: self.settings.timeout,
+                    what: format!(
+                        "Home Assistant did not say where backup {} stands after a reconnect; nothing was deleted",
+                        made.backup_id
+                    ),
                 });
             }
-        };
-        if info.state == "create_backup" {
-            return Ok(Some(false));
-        }
-        if info.backups.iter().any(|b| b.backup_id == made.backup_id) {
-            return Ok(Some(true));
-        }
-        match info.last_action_event {
-            Some(BackupEvent::CreateBackup {
-                state: BackupState::Failed,
-                reason,
-                ..
-            }) => Err(CycleError::BackupFailed {
-                reason: reason.unwrap_or_else(|| "failed while hapull was disconnected".into()),
-            }),
-            _ => Ok(Some(false)),
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
 

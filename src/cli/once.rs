@@ -54,7 +54,14 @@ async fn finish(
             Ok(ExitCode::from(EXIT_OK))
         }
         Err(e) => {
-            eprintln!("hapull: backup not committed: {e}");
+            use crate::cycle::Step;
+            match e.step() {
+                // These run only after the commit: the archive is safe, the tidy-up is not done.
+                Some(Step::CleanUpHa | Step::Retention) => {
+                    eprintln!("hapull: archive committed, but {e}")
+                }
+                _ => eprintln!("hapull: backup not committed: {e}"),
+            }
             Ok(ExitCode::from(EXIT_FAILED))
         }
     }
