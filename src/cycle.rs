@@ -293,6 +293,9 @@ impl Context {
             source,
         };
         let api = self.client.detect_backup_api().await.map_err(ha)?;
+        // The SSH side is checked before Home Assistant is asked for anything: a broken host key or
+        // permission would otherwise leave a new, unpulled backup on the HA host every cycle.
+        self.preflight_ssh().await?;
         let sub = match api {
             BackupApi::Modern => Some(self.client.subscribe_backup_events().await.map_err(ha)?),
             BackupApi::Legacy { .. } => None,
@@ -326,6 +329,21 @@ impl Context {
         )
         .await?;
         Ok((api, sub))
+    }
+
+    /// Host key, login and a listing of `remote_dir`.
+    async fn preflight_ssh(&self) -> Result<(), CycleError> {
+        let tr = |source| CycleError::Transfer {
+            step: Step::Connect,
+            source,
+        };
+        let session = Session::connect_with(&self.ssh, &self.identity, &self.settings.pull.session)
+            .await
+            .map_err(tr)?;
+        let listed = session.list_dir(&self.settings.remote_dir).await;
+        session.close().await;
+        listed.map_err(tr)?;
+        Ok(())
     }
 
     fn backup_name(&self) -> String {
@@ -893,6 +911,16 @@ impl Context {
                 Ok(archive)
             }
             Err(e) => {
+                // A damaged archive (not a full disk) is remembered, so the catch-up does not pull it
+                // again every cycle; Home Assistant keeps it, hapull never deletes it.
+                if matches!(
+                    e,
+                    store::StoreError::Archive { .. }
+                        | store::StoreError::SizeMismatch { .. }
+                        | store::StoreError::HashMismatch { .. }
+                ) {
+                    let _ = remember_rejected(self.store.root(), &made.backup_id);
+                }
                 // A file that failed verification is not kept as if it were a backup; HA's copy stays.
                 let _ = std::fs::remove_file(local);
                 self.record(
@@ -921,6 +949,7 @@ impl Context {
         };
         let made_ids = read_made(self.store.root());
         let committed_ids = read_committed(self.store.root());
+        let rejected_ids = read_rejected(self.store.root());
         let mut ours: Vec<Backup> = self
             .client
             .backup_info()
@@ -940,6 +969,7 @@ impl Context {
             if caught_up >= 3
                 || !made_ids.contains(&b.backup_id)
                 || committed_ids.contains(&b.backup_id)
+                || rejected_ids.contains(&b.backup_id)
                 || self.has_verified_copy(&b.backup_id)
             {
                 continue;
@@ -1068,6 +1098,10 @@ struct MadeIds {
     /// Those of them committed to the store at least once (retention may have pruned them since).
     #[serde(default)]
     committed: Vec<String>,
+    /// Those whose archive failed verification (e.g. HA died while writing it and still lists it): not
+    /// pulled again by the catch-up, and never deleted by hapull.
+    #[serde(default)]
+    rejected: Vec<String>,
 }
 
 fn read_made_file(root: &Path) -> MadeIds {
@@ -1087,6 +1121,14 @@ fn read_committed(root: &Path) -> BTreeSet<String> {
 
 fn remember_made(root: &Path, id: &str) -> std::io::Result<()> {
     update_made(root, |m| push_unique(&mut m.ids, id))
+}
+
+fn read_rejected(root: &Path) -> BTreeSet<String> {
+    read_made_file(root).rejected.into_iter().collect()
+}
+
+fn remember_rejected(root: &Path, id: &str) -> std::io::Result<()> {
+    update_made(root, |m| push_unique(&mut m.rejected, id))
 }
 
 fn remember_committed(root: &Path, id: &str) -> std::io::Result<()> {

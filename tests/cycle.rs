@@ -396,3 +396,93 @@ async fn a_blocked_manager_that_never_unblocks_times_out_cleanly() {
     );
     assert!(err.to_string().contains("blocked"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_ssh_side_is_found_before_home_assistant_makes_a_backup() {
+    let rig = rig(SimVersion::Current, Duration::from_millis(50)).await;
+    let mut ctx = context(&rig, BackupMode::Api, 1).await;
+    // A known_hosts that records another key for this server.
+    let other = Sshd::start();
+    let kh = rig.sshd.dir.path().join("wrong_known_hosts");
+    std::fs::write(
+        &kh,
+        format!("[127.0.0.1]:{} {}\n", rig.sshd.port, other.host_public_key),
+    )
+    .unwrap();
+    ctx.ssh.host_keys = HostKeyPolicy::KnownHosts {
+        path: kh,
+        trust_on_first_use: false,
+    };
+    let err = ctx.run_cycle().await.unwrap_err();
+    assert_eq!(err.step(), Some(Step::Connect), "{err}");
+    assert!(err.to_string().contains("HOST KEY CHANGED"), "{err}");
+    assert!(
+        ha_ids(&rig.sim).is_empty(),
+        "no backup was made that could not be pulled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_restarting_mid_backup_is_reported_not_waited_out() {
+    let mut rig = rig(SimVersion::Current, Duration::from_millis(2000)).await;
+    let ctx = context(&rig, BackupMode::Api, 1).await;
+    let cycle = tokio::spawn(async move { ctx.run_cycle().await });
+    for _ in 0..200 {
+        if rig.sim.control().running_archive_path().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.sim.restart().await.unwrap();
+    // Well within the 30 s backup timeout: hapull learns from HA that the backup is gone.
+    let err = tokio::time::timeout(Duration::from_secs(20), cycle)
+        .await
+        .expect("no waiting out the timeout")
+        .unwrap()
+        .unwrap_err();
+    // The restarted HA either forgot the backup, or (like real HA killed mid-write) lists the
+    // truncated archive it left behind, which verification then refuses.
+    assert!(err.to_string().contains("is gone") || err.step() == Some(Step::Commit), "{err}");
+    assert!(
+        Store::open(&rig.store_dir)
+            .unwrap()
+            .list()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_archive_is_kept_in_ha_and_not_pulled_again_and_again() {
+    let rig = rig(SimVersion::Current, Duration::from_millis(50)).await;
+    let mut ctx = context(&rig, BackupMode::Api, 0).await;
+    let audit_path = rig.store_dir.with_file_name("audit.jsonl");
+    ctx.audit = Some(
+        hapull::audit::AuditLog::open(hapull::audit::AuditOptions::new(&audit_path, "test"))
+            .await
+            .unwrap(),
+    );
+    rig.sim.control().corrupt_next_archive(Corruption::FlipByte);
+    let damaged = ctx.run_cycle().await.unwrap_err();
+    assert_eq!(damaged.step(), Some(Step::Commit), "{damaged}");
+    let bad_id = ha_ids(&rig.sim)[0].clone();
+    // The next cycles commit their own backups; the damaged one is neither pulled again nor deleted.
+    ctx.run_cycle().await.unwrap();
+    ctx.run_cycle().await.unwrap();
+    assert!(
+        ha_ids(&rig.sim).contains(&bad_id),
+        "HA keeps the only copy there is"
+    );
+    let store = Store::open(&rig.store_dir).unwrap();
+    assert!(store.find(&bad_id).unwrap().is_none());
+    assert_eq!(store.list().unwrap().len(), 2);
+    ctx.audit.as_ref().unwrap().close().await.unwrap();
+    let failed_verifications = std::fs::read_to_string(&audit_path)
+        .unwrap()
+        .matches("\"verify.failed\"")
+        .count();
+    assert_eq!(
+        failed_verifications, 1,
+        "the damaged archive was pulled only once"
+    );
+}
