@@ -79,19 +79,7 @@ pub fn open_store(cfg: &Config) -> Result<Store, ServiceError> {
 }
 
 pub fn retention(cfg: &Config) -> RetentionPolicy {
-    let r = cfg
-        .store
-        .as_ref()
-        .map(|s| s.retention.clone())
-        .unwrap_or_default();
-    RetentionPolicy {
-        keep_last: r.keep_last,
-        keep_hourly: r.keep_hourly,
-        keep_daily: r.keep_daily,
-        keep_weekly: r.keep_weekly,
-        keep_monthly: r.keep_monthly,
-        keep_yearly: r.keep_yearly,
-    }
+    cfg.store.as_ref().map(|s| s.retention).unwrap_or_default()
 }
 
 pub fn timezone(cfg: &Config) -> Result<jiff::tz::TimeZone, ServiceError> {

@@ -139,15 +139,8 @@ pub enum VerifyLevel {
     Structure,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Retention {
-    pub keep_last: u32,
-    pub keep_hourly: u32,
-    pub keep_daily: u32,
-    pub keep_weekly: u32,
-    pub keep_monthly: u32,
-    pub keep_yearly: u32,
-}
+/// Local retention, with restic's semantics (see [`crate::store::retention`]).
+pub use crate::store::RetentionPolicy as Retention;
 
 #[derive(Debug, Clone)]
 pub struct Store {
