@@ -742,3 +742,41 @@ async fn a_backup_that_never_finishes_times_out_and_deletes_nothing() {
     let stored = Store::open(store.path()).unwrap().list().unwrap();
     assert!(stored.is_empty(), "{stored:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Inputs the fuzzers found (or that were once dangerous), replayed with the fuzz targets' checks
+// ---------------------------------------------------------------------------------------------
+
+#[path = "../fuzz/checks.rs"]
+mod checks;
+
+#[test]
+fn fuzz_regressions_replay_cleanly() {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let targets: [(&str, fn(&[u8])); 4] = [
+        ("ha_decode", checks::ha_decode),
+        ("archive_verify", checks::archive_verify),
+        ("tar_prefix", checks::tar_prefix),
+        ("names", checks::names),
+    ];
+    let mut replayed = 0;
+    for (target, check) in targets {
+        let Ok(entries) = std::fs::read_dir(base.join(target)) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            // On its own thread so a panic names the input that caused it.
+            let name = path.display().to_string();
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || check(&data))
+                .unwrap()
+                .join()
+                .unwrap_or_else(|_| panic!("{name} fails again"));
+            replayed += 1;
+        }
+    }
+    assert!(replayed > 0, "no regression inputs under {}", base.display());
+}
