@@ -16,7 +16,11 @@ const MAX_ERROR_TEXT: usize = 4096;
 
 fn check_error(e: &HaError) {
     let text = e.to_string();
-    assert!(text.len() <= MAX_ERROR_TEXT, "error text of {} bytes", text.len());
+    assert!(
+        text.len() <= MAX_ERROR_TEXT,
+        "error text of {} bytes",
+        text.len()
+    );
 }
 
 /// Everything Home Assistant sends over the WebSocket goes through `decode_frame`, then
@@ -51,7 +55,11 @@ pub fn ha_decode(data: &[u8]) {
             },
             Incoming::Pong { .. } => {}
             Incoming::Ignored { reason } => {
-                assert!(reason.len() <= MAX_ERROR_TEXT, "reason of {} bytes", reason.len());
+                assert!(
+                    reason.len() <= MAX_ERROR_TEXT,
+                    "reason of {} bytes",
+                    reason.len()
+                );
             }
         }
     }
@@ -94,7 +102,10 @@ pub fn tar_prefix(data: &[u8]) {
         }
         Err(ArchiveError::PrefixTooShort { have, need }) => {
             assert_eq!(have, data.len());
-            assert!(need > have as u64, "asks for {need} bytes with {have} in hand");
+            assert!(
+                need > have as u64,
+                "asks for {need} bytes with {have} in hand"
+            );
         }
         Err(e) => {
             let _ = e.to_string();

@@ -753,7 +753,8 @@ mod checks;
 #[test]
 fn fuzz_regressions_replay_cleanly() {
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-    let targets: [(&str, fn(&[u8])); 4] = [
+    type Check = fn(&[u8]);
+    let targets: [(&str, Check); 4] = [
         ("ha_decode", checks::ha_decode),
         ("archive_verify", checks::archive_verify),
         ("tar_prefix", checks::tar_prefix),
@@ -778,5 +779,9 @@ fn fuzz_regressions_replay_cleanly() {
             replayed += 1;
         }
     }
-    assert!(replayed > 0, "no regression inputs under {}", base.display());
+    assert!(
+        replayed > 0,
+        "no regression inputs under {}",
+        base.display()
+    );
 }
