@@ -267,7 +267,7 @@ pub fn parse_backup_json_from_tar_prefix(bytes: &[u8]) -> Result<BackupJson, Arc
         }
         Err(e) => return Err(ArchiveError::Outer(e)),
     };
-    let need = first.offset + 512 + first.size;
+    let need = first.offset.saturating_add(512).saturating_add(first.size);
     match read_backup_json(&mut tar, &first) {
         Err(ArchiveError::Outer(TarError::Truncated { .. })) => Err(ArchiveError::PrefixTooShort {
             have: bytes.len(),
