@@ -74,6 +74,10 @@ pub fn archive_verify(data: &[u8]) {
                 assert_eq!(summary.size, data.len() as u64);
                 assert_eq!(summary.backup.slug, "fuzz");
                 assert!(!summary.members.is_empty());
+                // A member cannot be larger than the file that holds it.
+                for m in &summary.members {
+                    assert!(m.size <= data.len() as u64, "{m:?}");
+                }
                 assert_eq!(summary.sha256, sha256(data));
                 assert!(summary.backup.timestamp().is_ok());
             }
