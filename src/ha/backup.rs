@@ -173,6 +173,20 @@ pub struct AgentInfo {
     pub name: String,
 }
 
+impl Backup {
+    /// Parses one backup as `backup/info` or `backup/details` lists it (either API's shape).
+    pub fn from_value(v: &Value) -> Result<Backup, HaError> {
+        parse_backup(v)
+    }
+}
+
+impl BackupList {
+    /// Parses the result of `backup/info` (either API's shape).
+    pub fn from_value(v: &Value) -> Result<BackupList, HaError> {
+        parse_list(v)
+    }
+}
+
 fn parse_backup(v: &Value) -> Result<Backup, HaError> {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     if let Some(id) = s("backup_id") {

@@ -554,54 +554,31 @@ impl Actor {
         routes: &mut HashMap<u64, u64>,
         awaiting_pong: &mut Option<u64>,
     ) {
-        let value: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                warn!(error = %e, frame = %clip(text, 200), "ignoring a frame that is not valid JSON");
-                return;
-            }
-        };
-        match value {
-            Value::Array(items) => {
-                for item in items {
-                    self.dispatch_one(item, pending, routes, awaiting_pong);
-                }
-            }
-            other => self.dispatch_one(other, pending, routes, awaiting_pong),
+        for item in decode_frame(text) {
+            self.dispatch_one(item, pending, routes, awaiting_pong);
         }
     }
 
     fn dispatch_one(
         &mut self,
-        msg: Value,
+        msg: Incoming,
         pending: &mut HashMap<u64, Pending>,
         routes: &mut HashMap<u64, u64>,
         awaiting_pong: &mut Option<u64>,
     ) {
-        let Value::Object(mut obj) = msg else {
-            warn!(message = %clip(&msg.to_string(), 200), "ignoring a message that is not a JSON object");
-            return;
-        };
-        let id = obj.get("id").and_then(Value::as_u64);
-        let kind = obj
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        match (kind.as_str(), id) {
-            ("event", Some(id)) => match routes.get(&id).and_then(|key| self.subs.get_mut(key)) {
-                Some(sub) => {
-                    let event = obj.remove("event").unwrap_or(Value::Null);
-                    sub.deliver(SubItem::Event(event));
+        match msg {
+            Incoming::Event { id, event } => {
+                match routes.get(&id).and_then(|key| self.subs.get_mut(key)) {
+                    Some(sub) => sub.deliver(SubItem::Event(event)),
+                    None => debug!(id, "event for a subscription that is gone"),
                 }
-                None => debug!(id, "event for a subscription that is gone"),
-            },
-            ("result", Some(id)) => match pending.remove(&id) {
+            }
+            Incoming::Result { id, body } => match pending.remove(&id) {
                 Some(Pending::Call { command, reply }) => {
-                    let _ = reply.send(parse_result(&command, obj));
+                    let _ = reply.send(parse_result(&command, body));
                 }
                 Some(Pending::Subscribe { key, reply }) => {
-                    let outcome = parse_result("subscribe", obj).map(|_| ());
+                    let outcome = parse_result("subscribe", body).map(|_| ());
                     if let Err(e) = &outcome {
                         // A refused subscription delivers nothing more.
                         routes.remove(&id);
@@ -615,11 +592,11 @@ impl Actor {
                     }
                 }
                 None => {
-                    let text = clip(&Value::Object(obj).to_string(), 200);
+                    let text = clip(&Value::Object(body).to_string(), 200);
                     warn!(id, message = %text, "ignoring a result for a request this client never sent or already settled");
                 }
             },
-            ("pong", Some(id)) => {
+            Incoming::Pong { id } => {
                 if *awaiting_pong == Some(id) {
                     *awaiting_pong = None;
                 } else if let Some(Pending::Call { reply, .. }) = pending.remove(&id) {
@@ -628,11 +605,74 @@ impl Actor {
                     debug!(id, "unexpected pong");
                 }
             }
-            _ => {
-                let text = clip(&Value::Object(obj).to_string(), 200);
-                warn!(message = %text, "ignoring a message of unknown type or without id");
+            Incoming::Ignored { reason } => {
+                warn!(%reason, "ignoring a message from Home Assistant")
             }
         }
+    }
+}
+
+/// One message from Home Assistant, classified. A text frame holds one message, or several in a JSON
+/// array when message coalescing is on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// An event for the subscription with this id; `event` is the message's `event` member.
+    Event {
+        id: u64,
+        event: Value,
+    },
+    /// The result of the request with this id (the whole message; see [`parse_result`]).
+    Result {
+        id: u64,
+        body: Map<String, Value>,
+    },
+    Pong {
+        id: u64,
+    },
+    /// Nothing this client can use: not JSON, not an object, an unknown type or no id. The reason
+    /// quotes (a clipped part of) the message.
+    Ignored {
+        reason: String,
+    },
+}
+
+/// Splits one text frame into messages. Pure and total: whatever Home Assistant sends, this returns
+/// (JSON nested deeper than serde_json's recursion limit is refused as invalid JSON, not followed).
+pub fn decode_frame(text: &str) -> Vec<Incoming> {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![Incoming::Ignored {
+                reason: format!("not valid JSON ({e}): {}", clip(text, 200)),
+            }];
+        }
+    };
+    match value {
+        Value::Array(items) => items.into_iter().map(classify).collect(),
+        other => vec![classify(other)],
+    }
+}
+
+fn classify(msg: Value) -> Incoming {
+    let Value::Object(mut obj) = msg else {
+        return Incoming::Ignored {
+            reason: format!("not a JSON object: {}", clip(&msg.to_string(), 200)),
+        };
+    };
+    let id = obj.get("id").and_then(Value::as_u64);
+    match (obj.get("type").and_then(Value::as_str), id) {
+        (Some("event"), Some(id)) => Incoming::Event {
+            id,
+            event: obj.remove("event").unwrap_or(Value::Null),
+        },
+        (Some("result"), Some(id)) => Incoming::Result { id, body: obj },
+        (Some("pong"), Some(id)) => Incoming::Pong { id },
+        _ => Incoming::Ignored {
+            reason: format!(
+                "unknown type or no id: {}",
+                clip(&Value::Object(obj).to_string(), 200)
+            ),
+        },
     }
 }
 
@@ -652,7 +692,9 @@ fn fail_pending(pending: HashMap<u64, Pending>, why: &str) {
     }
 }
 
-fn parse_result(command: &str, obj: Map<String, Value>) -> Result<Value, HaError> {
+/// The outcome of a `result` message for `command`: its `result` member on success, HA's error code
+/// and message on failure, a protocol error when `success` is missing.
+pub fn parse_result(command: &str, obj: Map<String, Value>) -> Result<Value, HaError> {
     match obj.get("success").and_then(Value::as_bool) {
         Some(true) => Ok(obj.get("result").cloned().unwrap_or(Value::Null)),
         Some(false) => {

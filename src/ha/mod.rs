@@ -22,7 +22,7 @@ pub use backup::{
     AgentInfo, Backup, BackupApi, BackupEvent, BackupList, BackupState, GenerateRequest,
     LegacyBackup,
 };
-pub use connection::SubItem;
+pub use connection::{Incoming, SubItem, decode_frame, parse_result};
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::HaError;
 

@@ -260,14 +260,15 @@ pub fn parse_backup_json_from_tar_prefix(bytes: &[u8]) -> Result<BackupJson, Arc
             });
         }
         Err(TarError::Truncated { .. }) => {
+            // Cut inside a header or an extension header's data: at least the next whole block.
             return Err(ArchiveError::PrefixTooShort {
                 have: bytes.len(),
-                need: 512,
+                need: (bytes.len() as u64).saturating_add(1).next_multiple_of(512),
             });
         }
         Err(e) => return Err(ArchiveError::Outer(e)),
     };
-    let need = first.offset + 512 + first.size;
+    let need = first.offset.saturating_add(512).saturating_add(first.size);
     match read_backup_json(&mut tar, &first) {
         Err(ArchiveError::Outer(TarError::Truncated { .. })) => Err(ArchiveError::PrefixTooShort {
             have: bytes.len(),

@@ -259,7 +259,8 @@ impl<R: Read> TarStream<R> {
 
     /// Discards what is left of the current member's data and padding.
     pub fn skip_rest(&mut self) -> Result<(), TarError> {
-        let mut left = self.remaining + self.padding;
+        // A crafted size field can be close to u64::MAX: saturate, then run into the end of the stream.
+        let mut left = self.remaining.saturating_add(self.padding);
         if left == 0 {
             return Ok(());
         }
