@@ -442,7 +442,10 @@ async fn ha_restarting_mid_backup_is_reported_not_waited_out() {
         .unwrap_err();
     // The restarted HA either forgot the backup, or (like real HA killed mid-write) lists the
     // truncated archive it left behind, which verification then refuses.
-    assert!(err.to_string().contains("is gone") || err.step() == Some(Step::Commit), "{err}");
+    assert!(
+        err.to_string().contains("is gone") || err.step() == Some(Step::Commit),
+        "{err}"
+    );
     assert!(
         Store::open(&rig.store_dir)
             .unwrap()

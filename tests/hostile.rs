@@ -172,21 +172,6 @@ fn modern_ha(job_id: String, details: Value, listed: Vec<Value>) -> impl FnMut()
     }
 }
 
-/// An SSH target that is never reached (for cycles refused before the locate step).
-fn nowhere() -> SshTarget {
-    SshTarget {
-        host: "127.0.0.1".into(),
-        port: 9,
-        user: "nobody".into(),
-        identity_file: "/nonexistent/key".into(),
-        passphrase: None,
-        host_keys: HostKeyPolicy::KnownHosts {
-            path: "/nonexistent/known_hosts".into(),
-            trust_on_first_use: false,
-        },
-    }
-}
-
 fn sshd_target(sshd: &Sshd) -> SshTarget {
     SshTarget {
         host: "127.0.0.1".into(),
@@ -208,8 +193,10 @@ async fn context(client: Client, ssh: SshTarget, store: &Path, remote_dir: &Path
         ..PullOptions::default()
     };
     pull.free_space_margin = 0;
+    let identity = hapull::transfer::load_identity(&ssh.identity_file, None).unwrap();
     Context {
         client,
+        identity,
         ssh,
         store: Arc::new(Store::open(store).unwrap()),
         audit: None,
@@ -307,6 +294,8 @@ fn hostile_ids() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_id_that_could_escape_is_refused_before_anything_is_written() {
+    // A real SSH side: the cycle checks it before asking Home Assistant for anything.
+    let sshd = Sshd::start();
     for id in hostile_ids() {
         let details = json!({"backup_id": id, "name": "n", "date": "2026-11-26T09:07:39.253410+00:00",
             "agents": {"backup.local": {"protected": false, "size": 10240}}});
@@ -316,7 +305,7 @@ async fn a_backup_id_that_could_escape_is_refused_before_anything_is_written() {
         let remote = root.path().join("remote");
         std::fs::create_dir_all(&remote).unwrap();
         let client = Client::connect(options(&ha.url)).await.unwrap();
-        let ctx = context(client, nowhere(), &store, &remote).await;
+        let ctx = context(client, sshd_target(&sshd), &store, &remote).await;
         let before = tree(root.path());
 
         let err = tokio::time::timeout(PATIENCE, ctx.run_cycle())
@@ -704,7 +693,8 @@ async fn a_backup_that_never_finishes_times_out_and_deletes_nothing() {
     sim.control().hang_next_backup();
     let client = sim_client(&sim, 16 << 20).await;
     let store = tempfile::tempdir().unwrap();
-    let mut ctx = context(client, nowhere(), store.path(), dir.path()).await;
+    let sshd = Sshd::start();
+    let mut ctx = context(client, sshd_target(&sshd), store.path(), dir.path()).await;
     ctx.settings.timeout = Duration::from_secs(2);
 
     let err = tokio::time::timeout(PATIENCE, ctx.run_cycle())
