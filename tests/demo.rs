@@ -62,4 +62,26 @@ fn demo_runs_full_cycles_and_leaves_verified_archives() {
         "{}",
         String::from_utf8_lossy(&audit.stdout)
     );
+
+    let list = Command::new(env!("CARGO_BIN_EXE_hapull"))
+        .arg("-c")
+        .arg(&cfg)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed["archives"].as_array().unwrap().len(), 2, "{listed}");
+    let prune = Command::new(env!("CARGO_BIN_EXE_hapull"))
+        .arg("-c")
+        .arg(&cfg)
+        .args(["prune", "--dry-run"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&prune.stdout);
+    assert!(prune.status.success(), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("keep")).count(),
+        2,
+        "{text}"
+    );
 }
