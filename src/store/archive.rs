@@ -268,7 +268,9 @@ pub fn parse_backup_json_from_tar_prefix(bytes: &[u8]) -> Result<BackupJson, Arc
         }
         Err(e) => return Err(ArchiveError::Outer(e)),
     };
-    let need = first.offset.saturating_add(512).saturating_add(first.size);
+    // The data starts after every header of the member (pax and long-name headers included), which
+    // is where the stream stands now; `first.offset` is where its first header began.
+    let need = tar.offset().saturating_add(first.size);
     match read_backup_json(&mut tar, &first) {
         Err(ArchiveError::Outer(TarError::Truncated { .. })) => Err(ArchiveError::PrefixTooShort {
             have: bytes.len(),
