@@ -24,8 +24,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/hapull/hapull.toml";
 /// A configuration error: always names the file, the key and what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot read config file {path}: {error} (give another with --config or HAPULL_CONFIG; `hapull init` writes one)",
+        path = path.display()
+    )]
+    Read { path: PathBuf, error: io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: [{section}] {key}: {message}")]
@@ -185,9 +188,9 @@ pub struct Loaded {
 
 /// Reads, parses and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let raw = RawConfig::parse(&text).map_err(|message| ConfigError::Parse {
         path: path.to_path_buf(),
