@@ -947,9 +947,11 @@ impl Context {
             step: Step::CleanUpHa,
             source,
         };
-        let made_ids = read_made(self.store.root());
-        let committed_ids = read_committed(self.store.root());
-        let rejected_ids = read_rejected(self.store.root());
+        // One read of hapull's own list: which backups it made, committed, or found damaged.
+        let made = read_made_file(self.store.root());
+        let set = |ids: Vec<String>| ids.into_iter().collect::<BTreeSet<String>>();
+        let (made_ids, committed_ids, rejected_ids) =
+            (set(made.ids), set(made.committed), set(made.rejected));
         let mut ours: Vec<Backup> = self
             .client
             .backup_info()
@@ -1057,12 +1059,8 @@ async fn peek_slug(session: &Session, path: &str) -> Result<String, String> {
         .read_tar_member(path, "./backup.json", 1 << 20)
         .await
         .map_err(|e| e.to_string())?;
-    #[derive(Deserialize)]
-    struct Slug {
-        slug: String,
-    }
-    let s: Slug = serde_json::from_slice(&bytes).map_err(|e| format!("backup.json: {e}"))?;
-    Ok(s.slug)
+    let backup = store::parse_backup_json(&bytes).map_err(|e| format!("backup.json: {e}"))?;
+    Ok(backup.slug)
 }
 
 fn remote_join(dir: &str, file: &str) -> String {
@@ -1111,20 +1109,8 @@ fn read_made_file(root: &Path) -> MadeIds {
         .unwrap_or_default()
 }
 
-fn read_made(root: &Path) -> BTreeSet<String> {
-    read_made_file(root).ids.into_iter().collect()
-}
-
-fn read_committed(root: &Path) -> BTreeSet<String> {
-    read_made_file(root).committed.into_iter().collect()
-}
-
 fn remember_made(root: &Path, id: &str) -> std::io::Result<()> {
     update_made(root, |m| push_unique(&mut m.ids, id))
-}
-
-fn read_rejected(root: &Path) -> BTreeSet<String> {
-    read_made_file(root).rejected.into_iter().collect()
 }
 
 fn remember_rejected(root: &Path, id: &str) -> std::io::Result<()> {

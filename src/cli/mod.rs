@@ -4,7 +4,6 @@
 pub mod audit;
 mod check;
 mod completions;
-mod context;
 mod demo;
 mod events;
 mod init;

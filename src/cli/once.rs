@@ -18,14 +18,14 @@ pub struct PullArgs {
 
 pub async fn run_once(global: &Global, _args: OnceArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
-    let ctx = super::context::build(&cfg, true, true).await?;
+    let ctx = build(&cfg).await?;
     let outcome = ctx.run_cycle().await;
     finish(&ctx, outcome).await
 }
 
 pub async fn run_pull(global: &Global, args: PullArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
-    let ctx = super::context::build(&cfg, true, true).await?;
+    let ctx = build(&cfg).await?;
     let outcome = ctx.pull_existing(&args.backup_id).await;
     finish(&ctx, outcome).await
 }
@@ -65,4 +65,14 @@ async fn finish(
             Ok(ExitCode::from(EXIT_FAILED))
         }
     }
+}
+
+/// Everything a cycle needs, connected (with progress on the terminal).
+async fn build(cfg: &crate::config::Config) -> anyhow::Result<crate::cycle::Context> {
+    // Checked before connecting, so a config problem is reported as such.
+    crate::service::settings(cfg, true)?;
+    crate::service::ssh_target(cfg)?;
+    let audit = crate::service::open_audit(cfg).await?;
+    let client = super::connect(cfg, true).await?;
+    Ok(crate::service::context(cfg, client, audit, true).await?)
 }

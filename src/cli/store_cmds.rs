@@ -69,7 +69,7 @@ pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(EXIT_OK));
     }
-    let store = super::context::open_store(&cfg)?;
+    let store = crate::service::open_store(&cfg)?;
     let listing = tokio::task::spawn_blocking(move || store.scan()).await??;
     if args.json {
         let items: Vec<_> = listing
@@ -105,7 +105,7 @@ pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
-    let store = super::context::open_store(&cfg)?;
+    let store = crate::service::open_store(&cfg)?;
     let failed = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
         let archives = match &args.backup_id {
             Some(id) => vec![
@@ -144,14 +144,14 @@ pub async fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<ExitCod
 
 pub async fn prune(global: &Global, args: PruneArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
-    let store = super::context::open_store(&cfg)?;
-    let policy = super::context::retention(&cfg);
-    let tz = super::context::timezone(&cfg)?;
+    let store = crate::service::open_store(&cfg)?;
+    let policy = crate::service::retention(&cfg);
+    let tz = crate::service::timezone(&cfg)?;
     if policy.keeps_everything() {
         println!("no keep_* rule is set in [store]: everything is kept");
         return Ok(ExitCode::from(EXIT_OK));
     }
-    let audit = super::context::open_audit(&cfg).await?;
+    let audit = crate::service::open_audit(&cfg).await?;
     let dry_run = args.dry_run;
     let decisions =
         tokio::task::spawn_blocking(move || store.prune(&policy, &tz, dry_run)).await??;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::clip;
-use super::{Client, HaError, object};
+use super::{Client, HaError};
 
 /// Which backup API a server has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,10 +311,7 @@ impl Client {
 
     /// `backup/generate` (modern): starts a backup and returns the job id as soon as it has started.
     pub async fn backup_generate(&self, req: &GenerateRequest) -> Result<String, HaError> {
-        let mut frame = object(&[
-            ("type", "backup/generate".into()),
-            ("agent_ids", json!(req.agent_ids)),
-        ]);
+        let mut frame = json!({"type": "backup/generate", "agent_ids": req.agent_ids});
         if let Some(name) = &req.name {
             frame["name"] = Value::from(name.as_str());
         }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use backup::{
@@ -340,13 +340,4 @@ impl Drop for Subscription {
             .commands
             .try_send(Command::Unsubscribe { key: self.key });
     }
-}
-
-/// Extra helpers for building command frames.
-pub(crate) fn object(pairs: &[(&str, Value)]) -> Value {
-    let mut m = Map::new();
-    for (k, v) in pairs {
-        m.insert((*k).to_string(), v.clone());
-    }
-    Value::Object(m)
 }
