@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::time::timeout_at;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Kind};
 use crate::config::{BackupMode, VerifyLevel};
 use crate::ha::{
     Backup, BackupApi, BackupEvent, BackupState, Client, GenerateRequest, HaError, SubItem,
@@ -168,7 +168,7 @@ struct Made {
 }
 
 impl Context {
-    async fn record(&self, kind: &str, data: Value) -> Result<(), CycleError> {
+    async fn record(&self, kind: Kind, data: Value) -> Result<(), CycleError> {
         if let Some(audit) = &self.audit {
             audit
                 .step(kind, data)
@@ -183,13 +183,17 @@ impl Context {
         let started = Instant::now();
         let span = info_span!("cycle", mode = ?self.settings.mode);
         async {
-            self.record("cycle.started", json!({"mode": format!("{:?}", self.settings.mode).to_lowercase()})).await?;
+            let mode = match self.settings.mode {
+                BackupMode::Api => "api",
+                BackupMode::Service => "service",
+            };
+            self.record(Kind::CycleStarted, json!({"mode": mode})).await?;
             let outcome = self.steps(started).await;
             match &outcome {
                 Ok(r) => {
                     info!(backup_id = %r.backup_id, bytes = r.pull.size, secs = r.duration.as_secs_f64(), "cycle finished: archive committed");
                     self.record(
-                        "cycle.finished",
+                        Kind::CycleFinished,
                         json!({"backup_id": r.backup_id, "size": r.pull.size, "sha256": r.pull.sha256_hex(),
                                "duration_s": r.duration.as_secs_f64(), "deleted_on_ha": r.deleted_on_ha, "pruned": r.pruned}),
                     )
@@ -197,7 +201,7 @@ impl Context {
                 }
                 Err(e) => {
                     warn!(error = %e, "cycle failed");
-                    self.record("cycle.failed", json!({"step": e.step().map(Step::as_str), "error": e.to_string()})).await?;
+                    self.record(Kind::CycleFailed, json!({"step": e.step().map(Step::as_str), "error": e.to_string()})).await?;
                 }
             }
             outcome
@@ -324,7 +328,7 @@ impl Context {
             BackupApi::Legacy { .. } => "legacy",
         };
         self.record(
-            "cycle.connected",
+            Kind::CycleConnected,
             json!({"ha_version": self.client.ha_version(), "backup_api": api_name}),
         )
         .await?;
@@ -421,7 +425,7 @@ impl Context {
             step: Step::Create,
             message: format!("cannot record the new backup id in the store: {e}"),
         })?;
-        self.record("backup.created", json!({"backup_id": id}))
+        self.record(Kind::BackupCreated, json!({"backup_id": id}))
             .await?;
         Ok(made)
     }
@@ -468,7 +472,7 @@ impl Context {
             );
         }
         self.record(
-            "ha.shell_command",
+            Kind::HaShellCommand,
             json!({"service": format!("shell_command.{name}"), "response": r.get("response")}),
         )
         .await?;
@@ -576,7 +580,7 @@ impl Context {
         let (BackupApi::Modern, BackupMode::Api, Some(sub)) = (api, self.settings.mode, sub) else {
             // Legacy generate and backup.create block until the backup is finished.
             self.record(
-                "backup.completed",
+                Kind::BackupCompleted,
                 json!({"backup_id": made.backup_id, "how": "blocking call returned"}),
             )
             .await?;
@@ -617,7 +621,7 @@ impl Context {
                     }) => {
                         let reason = reason.unwrap_or_else(|| "no reason given".into());
                         self.record(
-                            "backup.failed",
+                            Kind::BackupFailed,
                             json!({"backup_id": made.backup_id, "reason": reason}),
                         )
                         .await?;
@@ -671,7 +675,7 @@ impl Context {
             None => self.find_by_name_after_supervisor_job(&made).await?,
         };
         self.record(
-            "backup.completed",
+            Kind::BackupCompleted,
             json!({"backup_id": made.backup_id, "size": made.backup.as_ref().and_then(|b| b.size)}),
         )
         .await?;
@@ -835,7 +839,7 @@ impl Context {
         let path = result?;
         info!(remote = %path, "archive located");
         self.record(
-            "archive.located",
+            Kind::ArchiveLocated,
             json!({"backup_id": made.backup_id, "remote": path}),
         )
         .await?;
@@ -861,7 +865,7 @@ impl Context {
             })?;
         info!(bytes = outcome.size, secs = outcome.duration.as_secs_f64(), sha256 = %outcome.sha256_hex(), "pulled");
         self.record(
-            "pull.finished",
+            Kind::PullFinished,
             json!({"backup_id": made.backup_id, "remote": remote, "size": outcome.size, "sha256": outcome.sha256_hex(),
                    "duration_s": outcome.duration.as_secs_f64(), "attempts": outcome.attempts, "resumed_bytes": outcome.resumed_bytes}),
         )
@@ -904,7 +908,7 @@ impl Context {
                     warn!(error = %e, "cannot note the commit in the store's list of hapull's backups");
                 }
                 self.record(
-                    "archive.committed",
+                    Kind::ArchiveCommitted,
                     json!({"backup_id": made.backup_id, "path": archive.relative_path, "sha256": archive.manifest.sha256, "size": archive.manifest.size}),
                 )
                 .await?;
@@ -924,7 +928,7 @@ impl Context {
                 // A file that failed verification is not kept as if it were a backup; HA's copy stays.
                 let _ = std::fs::remove_file(local);
                 self.record(
-                    "verify.failed",
+                    Kind::VerifyFailed,
                     json!({"backup_id": made.backup_id, "remote": remote, "error": e.to_string()}),
                 )
                 .await?;
@@ -948,7 +952,10 @@ impl Context {
             source,
         };
         // One read of hapull's own list: which backups it made, committed, or found damaged.
-        let made = read_made_file(self.store.root());
+        let made = read_made_file(self.store.root()).map_err(|e| CycleError::Refused {
+            step: Step::CleanUpHa,
+            message: e.to_string(),
+        })?;
         let set = |ids: Vec<String>| ids.into_iter().collect::<BTreeSet<String>>();
         let (made_ids, committed_ids, rejected_ids) =
             (set(made.ids), set(made.committed), set(made.rejected));
@@ -1013,7 +1020,7 @@ impl Context {
             }
             info!(backup_id = %b.backup_id, "deleted from Home Assistant (verified local copy exists)");
             self.record(
-                "ha.deleted",
+                Kind::HaDeleted,
                 json!({"backup_id": b.backup_id, "name": b.name}),
             )
             .await?;
@@ -1043,7 +1050,7 @@ impl Context {
         let mut pruned = Vec::new();
         for d in decisions.into_iter().filter(|d| !d.keep) {
             self.record(
-                "store.pruned",
+                Kind::StorePruned,
                 json!({"backup_id": d.archive.manifest.backup_id, "path": d.archive.relative_path}),
             )
             .await?;
@@ -1102,11 +1109,27 @@ struct MadeIds {
     rejected: Vec<String>,
 }
 
-fn read_made_file(root: &Path) -> MadeIds {
-    std::fs::read(root.join(MADE_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<MadeIds>(&b).ok())
-        .unwrap_or_default()
+/// Reads the list; a missing file is an empty list. A list that cannot be read or parsed is an error,
+/// never an empty list: forgetting which backups are hapull's would let catch-up and clean-up go wrong.
+/// The caller holds the store lock, so nothing changes the file between this read and the write.
+fn read_made_file(root: &Path) -> std::io::Result<MadeIds> {
+    let path = root.join(MADE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(MadeIds::default()),
+        Err(e) => return Err(e),
+    };
+    serde_json::from_slice::<MadeIds>(&bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is not hapull's list of its backups ({e}); hapull will not guess which backups are its own. \
+                 Restore the file from a copy, or move it aside to start an empty list (hapull then deletes none \
+                 of the backups listed in Home Assistant until it has made new ones)",
+                path.display()
+            ),
+        )
+    })
 }
 
 fn remember_made(root: &Path, id: &str) -> std::io::Result<()> {
@@ -1134,19 +1157,13 @@ fn push_unique(list: &mut Vec<String>, id: &str) -> bool {
 }
 
 fn update_made(root: &Path, change: impl FnOnce(&mut MadeIds) -> bool) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut made = read_made_file(root);
+    let mut made = read_made_file(root)?;
     if !change(&mut made) {
         return Ok(());
     }
     let body = serde_json::to_vec_pretty(&made)?;
-    std::fs::create_dir_all(root)?;
-    let tmp = root.join(format!("{MADE_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, root.join(MADE_FILE))?;
-    std::fs::File::open(root)?.sync_all()
+    crate::private_fs::create_dir_all(root)?;
+    crate::private_fs::write_atomic(&root.join(MADE_FILE), &body)
 }
 
 #[cfg(test)]
