@@ -28,6 +28,7 @@
 //! async callers should use `tokio::task::spawn_blocking`.
 
 mod archive;
+mod ledger;
 pub mod lock;
 mod names;
 mod retention;
@@ -49,6 +50,7 @@ pub use archive::{
     MAX_OUTER_MEMBERS, MemberInfo, TarError, Verify, parse_backup_json,
     parse_backup_json_from_tar_prefix, verify_file, verify_reader,
 };
+pub use ledger::{Entry as LedgerEntry, LEDGER_FILE, Ledger};
 pub use names::{MAX_COMPONENT_BYTES, NameError, safe_component, sanitize_for_filename};
 pub use retention::{Decision, RetentionPolicy, plan};
 
