@@ -704,8 +704,13 @@ fn s21_audit_log_truncated_between_runs() {
         "record seq {lost_seq} was lost from the end at byte offset {cut}"
     ));
     case.observe(format!(
-        "audit verify after the run: exit {:?}",
-        verify.code
+        "audit verify after the run: exit {:?}: {}",
+        verify.code,
+        verify
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("recovery recorded"))
+            .unwrap_or("no recovery listed")
     ));
     case.check(
         verify.code == Some(1) && named,
