@@ -49,7 +49,7 @@ impl Context {
                     step: Step::Connect,
                     after: self.settings.blocked_timeout,
                     what: format!(
-                        "Home Assistant's backup manager stayed `{}`",
+                        "Home Assistant's backup manager stayed \"{}\"",
                         info.state.escape_debug()
                     ),
                 });

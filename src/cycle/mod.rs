@@ -98,7 +98,7 @@ pub enum CycleError {
     },
     #[error("Home Assistant reported the backup failed: {reason}")]
     BackupFailed { reason: String },
-    #[error("{step}: gave up after {after:?}: {what}")]
+    #[error("{step}: gave up after {}: {what}", humantime::format_duration(*.after))]
     Timeout {
         step: Step,
         after: Duration,
@@ -304,7 +304,7 @@ impl Context {
             .ok_or_else(|| {
                 CycleError::refused(
                     Step::Locate,
-                    format!("Home Assistant has no backup {backup_id:?}; `hapull list --remote` shows the ids it has"),
+                    format!("Home Assistant has no backup \"{}\"; `hapull list --remote` shows the ids it has", backup_id.escape_debug()),
                 )
             })?;
         self.finish(api, Made::listed(backup), started).await

@@ -125,7 +125,7 @@ impl Context {
                 return Err(CycleError::refused(
                     Step::Create,
                     format!(
-                        "refusing to delete: `{}` in {} has an unsafe name",
+                        "refusing to delete: \"{}\" in {} has an unsafe name",
                         e.name.escape_debug(),
                         self.settings.remote_dir
                     ),

@@ -42,8 +42,14 @@ impl Context {
                         step: Step::Await,
                         after: self.settings.timeout,
                         what: format!(
-                            "backup {} did not complete (last stage {stage:?}); nothing was deleted",
-                            made.backup_id
+                            "backup {} did not complete (last stage {}); nothing was deleted",
+                            made.backup_id,
+                            stage
+                                .as_deref()
+                                .map_or("unknown".to_string(), |s: &str| format!(
+                                    "\"{}\"",
+                                    s.escape_debug()
+                                ))
                         ),
                     });
                 }
