@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::ha::Endpoint;
 use crate::secret::Secret;
+pub use crate::transfer::HostKeyPolicy;
 
 pub use raw::RawConfig;
 
@@ -81,15 +82,6 @@ pub struct HomeAssistant {
     pub max_message_size: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostKeys {
-    KnownHosts {
-        path: PathBuf,
-        trust_on_first_use: bool,
-    },
-    Pinned(Vec<String>),
-}
-
 #[derive(Debug, Clone)]
 pub struct Ssh {
     pub host: String,
@@ -97,7 +89,7 @@ pub struct Ssh {
     pub user: String,
     pub identity_file: PathBuf,
     pub passphrase: Option<Secret>,
-    pub host_keys: HostKeys,
+    pub host_keys: HostKeyPolicy,
     pub remote_dir: String,
     pub bandwidth_limit: Option<u64>,
     pub connect_timeout: Duration,
@@ -497,7 +489,7 @@ impl Validator<'_> {
                 if !tofu {
                     self.readable_file(S, "known_hosts", &kh)?;
                 }
-                HostKeys::KnownHosts {
+                HostKeyPolicy::KnownHosts {
                     path,
                     trust_on_first_use: tofu,
                 }
@@ -520,7 +512,7 @@ impl Validator<'_> {
                         "only applies with `known_hosts`",
                     ));
                 }
-                HostKeys::Pinned(keys)
+                HostKeyPolicy::Pinned(keys)
             }
             (None, None) => {
                 return Err(self.err(

@@ -64,6 +64,18 @@ pub enum TransferError {
         pinned: String,
     },
 
+    /// A line of the known_hosts file cannot be parsed. Not skipped: it may be the entry that pins
+    /// this host.
+    #[error(
+        "known_hosts {path} line {line} cannot be parsed: {reason}; fix or delete that line \
+         (each line is `host[,host...] key-type base64-key`)"
+    )]
+    KnownHostsLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
     /// The known_hosts file is missing or unreadable; not the same as "host unknown".
     #[error(
         "cannot read known_hosts {path}: {source}; create it (e.g. with `hapull trust-host`) or fix its permissions"
