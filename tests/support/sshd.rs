@@ -70,6 +70,12 @@ impl Sshd {
     /// Starts sshd with a single host key of `key_type` (`ed25519`, `ecdsa`), so the server offers
     /// only that type.
     pub fn start_with_host_key(key_type: &str) -> Sshd {
+        Sshd::start_with(key_type, "")
+    }
+
+    /// Starts sshd with a host key of `key_type` and `extra` sshd_config lines, which come first and
+    /// so take precedence over the defaults (sshd uses the first value of a keyword).
+    pub fn start_with(key_type: &str, extra: &str) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} not found: install openssh-server (e.g. `apt-get install openssh-server`) to run these tests"
@@ -88,7 +94,8 @@ impl Sshd {
         std::fs::write(
             &config,
             format!(
-                "ListenAddress 127.0.0.1:{port}\n\
+                "{extra}\n\
+                 ListenAddress 127.0.0.1:{port}\n\
                  HostKey {host}\n\
                  AuthorizedKeysFile {auth}\n\
                  PidFile none\n\
@@ -99,7 +106,13 @@ impl Sshd {
                  KbdInteractiveAuthentication no\n\
                  MaxStartups 100\n\
                  LogLevel ERROR\n\
-                 Subsystem sftp internal-sftp\n",
+                 {subsystem}",
+                // sshd refuses a second Subsystem line for the same name.
+                subsystem = if extra.contains("Subsystem sftp") {
+                    ""
+                } else {
+                    "Subsystem sftp internal-sftp\n"
+                },
                 host = host_key.display(),
                 auth = authorized.display(),
             ),
