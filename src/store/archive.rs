@@ -108,7 +108,7 @@ pub struct ArchiveSummary {
 
 impl ArchiveSummary {
     pub fn sha256_hex(&self) -> String {
-        hex::encode(&self.sha256)
+        hex::encode(self.sha256)
     }
 }
 

@@ -286,7 +286,7 @@ impl Store {
     /// archive of that backup id is stored, refuses.
     pub fn commit(&self, partial: &Path, info: &CommitInfo) -> Result<StoredArchive, StoreError> {
         let backup_id = safe_component(&info.backup_id)?;
-        let new_sha = hex::encode(&info.sha256);
+        let new_sha = hex::encode(info.sha256);
         let meta = fs::metadata(partial).map_err(io_err("read", partial))?;
         if meta.len() != info.size {
             return Err(StoreError::SizeMismatch {
@@ -522,7 +522,7 @@ impl Store {
             Some(v) => v,
             None => hash_file(&archive.path).map_err(io_err("read", &archive.path))?,
         };
-        let actual_sha256 = hex::encode(&sha);
+        let actual_sha256 = hex::encode(sha);
         if size != m.size {
             problems.push(format!(
                 "size is {size} bytes, the manifest says {}",
@@ -845,7 +845,7 @@ fn copy_durably(from: &Path, tmp: &Path, sha256: &[u8; 32]) -> Result<(), StoreE
         return Err(StoreError::HashMismatch {
             path: tmp.to_owned(),
             expected: hex::encode(sha256),
-            actual: hex::encode(&copied),
+            actual: hex::encode(copied),
         });
     }
     Ok(())
