@@ -2,12 +2,10 @@
 //! although the WebSocket library logs every frame at trace level and the `auth` frame carries it: a
 //! whole `hapull once` cycle against the simulated Home Assistant and a real sshd, stderr searched.
 
-mod support;
-
 use std::process::Command;
 
-use hapull::sim::{Sim, SimOptions};
-use support::sshd::Sshd;
+use crate::support::sshd::Sshd;
+use hapull_sim::{Sim, SimOptions};
 
 const TOKEN: &str = "llat-7c3e9b1d5f0a4e2c8b6d1f3a5c7e9b0d";
 

@@ -2,12 +2,10 @@
 //! stop answering at a given step: the error names the step and counts as transient (a retry later
 //! may find the server answering again).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::sshd::Sshd;
 use hapull::transfer::{HostKeyPolicy, Session, SessionOptions, SshTarget, TransferError};
-use support::sshd::Sshd;
 
 fn target(sshd: &Sshd) -> SshTarget {
     SshTarget {

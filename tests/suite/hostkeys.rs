@@ -2,12 +2,10 @@
 //! type, also with trust on first use; a known_hosts line that cannot be parsed stops the connection
 //! with the file and line named, instead of being skipped.
 
-mod support;
-
 use std::path::PathBuf;
 
+use crate::support::sshd::{Sshd, generate_key};
 use hapull::transfer::{HostKeyPolicy, Session, SessionOptions, SshTarget, TransferError};
-use support::sshd::{Sshd, generate_key};
 
 fn target(sshd: &Sshd, known_hosts: PathBuf, trust_on_first_use: bool) -> SshTarget {
     SshTarget {
