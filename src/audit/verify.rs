@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::files::{self, RawLine, Seal};
-use super::record::{FIRST_SEQ, GENESIS_PREV, ParseError, Record, hex, parse_line, sha256};
+use super::record::{FIRST_SEQ, GENESIS_PREV, ParseError, Record, parse_line, sha256};
 use super::{AuditError, Kind};
 
 /// How strict [`verify`] is.
@@ -410,7 +410,7 @@ pub fn verify(files: &[PathBuf], opts: &VerifyOptions) -> Result<VerifyReport, A
                         }
                         bytes.extend_from_slice(&line.raw.bytes);
                     }
-                    if bytes.len() as u64 == l && hex(&sha256(&bytes)) == h {
+                    if bytes.len() as u64 == l && hex::encode(sha256(&bytes)) == h {
                         if start > 0 {
                             let (line, issue) = held.swap_remove(0);
                             report.problem = Some(finding(file, &line, issue));
@@ -576,7 +576,7 @@ impl Chain {
                 }
             }
         }
-        let hash = hex(&sha256(line));
+        let hash = hex::encode(sha256(line));
         if let Some(seal) = &self.seal
             && seal.seq == rec.seq
         {

@@ -5,6 +5,10 @@
 //! The kernel releases the lock when the holder exits or dies, so there is no stale lock to clean up:
 //! the holder text in the file is only believed while the lock is actually held.
 //!
+//! Taking the lock and writing the holder's name are one step for everyone else: both happen under a
+//! short exclusive lock on a second file (`.hapull.claim`), and a refused process reads the name under
+//! a shared lock on it, so it never reads the name half-written or not yet written.
+//!
 //! This module must not decide what to do about a busy store (refuse, wait, hint): the caller does.
 
 use std::fs::File;
@@ -16,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 /// File name of the lock in the store's root.
 pub const LOCK_FILE: &str = ".hapull.lock";
+/// File whose short lock makes "take the lock, write the holder" one step for readers of the holder.
+pub const CLAIM_FILE: &str = ".hapull.claim";
 
 /// Who holds (or last held) the lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,25 +78,37 @@ impl StoreLock {
     /// Takes the lock of the store at `dir` (creating the folder and the lock file if needed) without
     /// waiting; [`LockError::Busy`] names the holder when another process has it.
     pub fn try_acquire(dir: &Path, command: &str) -> Result<StoreLock, LockError> {
-        let (mut file, path) = open(dir)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(LockError::Busy {
-                    dir: dir.to_path_buf(),
-                    holder: read_holder(&mut file),
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path, "locking", e)),
-        }
-        claim(file, path, command)
+        let (mut file, path) = open(dir, LOCK_FILE)?;
+        let (claim_file, claim_path) = open(dir, CLAIM_FILE)?;
+        // Exclusive only for the instant of taking the lock and writing the name.
+        claim_file
+            .lock()
+            .map_err(|e| io_err(&claim_path, "locking", e))?;
+        let taken = match file.try_lock() {
+            Ok(()) => claim(file, path, command),
+            Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Busy {
+                dir: dir.to_path_buf(),
+                holder: read_holder(&mut file),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path, "locking", e)),
+        };
+        let _ = claim_file.unlock();
+        taken
     }
 
     /// Takes the lock, waiting as long as it takes. Blocking: call from `spawn_blocking`.
     pub fn acquire_blocking(dir: &Path, command: &str) -> Result<StoreLock, LockError> {
-        let (file, path) = open(dir)?;
-        file.lock().map_err(|e| io_err(&path, "locking", e))?;
-        claim(file, path, command)
+        loop {
+            match StoreLock::try_acquire(dir, command) {
+                Err(LockError::Busy { .. }) => {}
+                other => return other,
+            }
+            // Wait for the holder to let go (without holding the claim lock meanwhile), then claim
+            // properly; another waiter may win that race, and then this one waits again.
+            let (file, path) = open(dir, LOCK_FILE)?;
+            file.lock().map_err(|e| io_err(&path, "locking", e))?;
+            drop(file);
+        }
     }
 
     /// Who holds the lock of the store at `dir` right now, if anyone (`Ok(None)` when it is free).
@@ -102,11 +120,24 @@ impl StoreLock {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path, "opening", e)),
         };
-        match file.try_lock_shared() {
-            Ok(()) => Ok(None),
+        // Under the claim lock: a process in the middle of taking the lock has written its name, and
+        // none can try to take it while this probe briefly holds it shared.
+        let claim_file = File::open(dir.join(CLAIM_FILE)).ok();
+        if let Some(c) = &claim_file {
+            let _ = c.lock();
+        }
+        let held = match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                Ok(None)
+            }
             Err(std::fs::TryLockError::WouldBlock) => Ok(read_holder(&mut file)),
             Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path, "checking", e)),
+        };
+        if let Some(c) = &claim_file {
+            let _ = c.unlock();
         }
+        held
     }
 
     pub fn path(&self) -> &Path {
@@ -130,10 +161,10 @@ fn io_err(path: &Path, action: &'static str, source: io::Error) -> LockError {
     }
 }
 
-fn open(dir: &Path) -> Result<(File, PathBuf), LockError> {
+fn open(dir: &Path, name: &str) -> Result<(File, PathBuf), LockError> {
     crate::private_fs::create_dir_all(dir)
         .map_err(|e| io_err(dir, "creating the store folder", e))?;
-    let path = dir.join(LOCK_FILE);
+    let path = dir.join(name);
     // Never truncate before holding the lock: that would erase the holder's name.
     let file = crate::private_fs::options()
         .read(true)

@@ -7,17 +7,15 @@
 //! - the audit log's last record cut off between two runs: `audit verify` names the lost record and
 //!   fails until `audit ack` records that a person looked at it.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hapull::sim::{Sim, SimOptions};
+use crate::support::sshd::Sshd;
 use hapull::store::Store;
 use hapull::store::lock::StoreLock;
-use support::sshd::Sshd;
+use hapull_sim::{Sim, SimOptions};
 
 struct Setup {
     _sshd: Sshd,
@@ -311,6 +309,7 @@ async fn under_umask_022_everything_written_is_0600_in_0700_folders() {
         "archives/SHA256SUMS",
         "archives/.hapull-made.json",
         "archives/.hapull.lock",
+        "archives/.hapull.claim",
         "audit/audit.jsonl",
         "audit/audit.jsonl.seal",
         "state/state.json",
