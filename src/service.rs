@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::audit::{AuditLog, AuditOptions};
+use crate::audit::{AuditLog, AuditOptions, Kind};
 use crate::config::{Config, VerifyLevel};
 use crate::cycle::{Context, Report, Settings};
 use crate::daemon::{
@@ -66,6 +66,33 @@ pub fn open_store(cfg: &Config) -> Result<Store, ServiceError> {
         ))
     })?;
     Store::open(&store.dir)
+        .map_err(|e| setup(format!("opening the store {}: {e}", store.dir.display())))
+}
+
+/// Where the one-writer lock lives: the store's folder, or (with no store configured) the audit log's.
+/// Every process that writes either takes it there, so they agree on it.
+pub fn lock_dir(cfg: &Config) -> Result<std::path::PathBuf, ServiceError> {
+    if let Some(store) = &cfg.store {
+        return Ok(store.dir.clone());
+    }
+    if let Some(a) = &cfg.audit {
+        return Ok(crate::private_fs::parent_of(&a.path));
+    }
+    Err(ServiceError::Config(format!(
+        "{}: neither [store] nor [audit] is configured, so there is nothing to write",
+        cfg.path.display()
+    )))
+}
+
+/// Opens the store for reading only: repairs nothing, so it is safe beside a writer.
+pub fn open_store_read_only(cfg: &Config) -> Result<Store, ServiceError> {
+    let store = cfg.store.as_ref().ok_or_else(|| {
+        ServiceError::Config(format!(
+            "{}: section [store] is required; see config/hapull.example.toml",
+            cfg.path.display()
+        ))
+    })?;
+    Store::open_read_only(&store.dir)
         .map_err(|e| setup(format!("opening the store {}: {e}", store.dir.display())))
 }
 
@@ -193,7 +220,7 @@ pub async fn run(
     let schedule = Schedule::parse(&cfg.schedule.cron, tz)
         .map_err(|e| ServiceError::Config(format!("[schedule] cron: {e}")))?;
     if let Some(dir) = cfg.schedule.state_file.parent() {
-        std::fs::create_dir_all(dir)
+        crate::private_fs::create_dir_all(dir)
             .map_err(|e| setup(format!("creating {}: {e}", dir.display())))?;
     }
     let state = StateFile::open(&cfg.schedule.state_file).map_err(setup)?;
@@ -266,7 +293,7 @@ pub async fn run(
                     warn!(%scheduled_for, "a run came due while the previous cycle is still running; skipped");
                     metrics.cycle_skipped();
                     if let Some(a) = &audit {
-                        let _ = a.step("cycle.skipped", json!({"scheduled_for": scheduled_for.to_string()})).await;
+                        let _ = a.step(Kind::CycleSkipped, json!({"scheduled_for": scheduled_for.to_string()})).await;
                     }
                 }
                 Tick::Run { scheduled_for, reason, guard } => {
@@ -308,7 +335,7 @@ pub async fn run(
         }
     }
     if let Some(a) = &audit {
-        let _ = a.step("service.stopped", json!({})).await;
+        let _ = a.step(Kind::ServiceStopped, json!({})).await;
     }
     close_audit(&audit).await;
     Ok(())
@@ -430,7 +457,7 @@ async fn watch_connection(client: Client, metrics: Metrics, audit: Option<AuditL
             ConnectionState::Closed => json!({"state": "closed"}),
         };
         if let Some(a) = &audit {
-            a.event("ha.connection", text);
+            a.event(Kind::HaConnection, text);
         }
         if let ConnectionState::Failed { reason } = &current {
             tracing::error!(%reason, "the connection to Home Assistant failed for good; fix the cause and restart hapull");
@@ -455,14 +482,14 @@ async fn record_events(
                 if !passes(&e, &domains, &entities) {
                     continue;
                 }
-                audit.event("ha.event", e);
+                audit.event(Kind::HaEvent, e);
             }
             SubItem::Reconnected => {
-                audit.event("ha.events_gap", json!({"event_type": event_type, "why": "reconnected; events may have been missed"}));
+                audit.event(Kind::HaEventsGap, json!({"event_type": event_type, "why": "reconnected; events may have been missed"}));
             }
             SubItem::Lagged(n) => {
                 audit.event(
-                    "ha.events_gap",
+                    Kind::HaEventsGap,
                     json!({"event_type": event_type, "dropped": n}),
                 );
             }

@@ -26,6 +26,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Bad usage or configuration: nothing was attempted.
 pub const EXIT_USAGE: u8 = 2;
+/// Another hapull process is writing the store: nothing was attempted, try again later (`EX_TEMPFAIL`).
+pub const EXIT_TEMPFAIL: u8 = 75;
 
 #[derive(Debug, Parser)]
 #[command(name = "hapull", version, about = "Pull verified Home Assistant backups to this machine", long_about = None)]
@@ -50,6 +52,10 @@ pub struct Global {
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// When another hapull process is writing the store, wait for it to finish instead of exiting with
+    /// status 75. Never waits for a running daemon (`hapull run`), which holds the store while it runs.
+    #[arg(long, global = true)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -161,6 +167,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Init(args) => init::run(&cli.global, args).await,
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => completions::man(args),
+        Command::Audit(audit::AuditCommand::Ack(args)) => audit::run_ack(&cli.global, args).await,
         Command::Audit(cmd) => {
             // The path comes from the config when there is one; `--path` overrides it.
             let path = config::load(&cli.global.config)
@@ -181,7 +188,14 @@ pub fn exit_code(outcome: anyhow::Result<ExitCode>) -> ExitCode {
             let usage = e
                 .chain()
                 .any(|c| c.downcast_ref::<config::ConfigError>().is_some());
-            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
+            let busy = e.chain().any(|c| c.downcast_ref::<StoreBusy>().is_some());
+            ExitCode::from(if busy {
+                EXIT_TEMPFAIL
+            } else if usage {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            })
         }
     }
 }
@@ -200,6 +214,60 @@ pub(crate) async fn interrupted() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+}
+
+/// Another process writes the store: nothing was done (exit status [`EXIT_TEMPFAIL`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreBusy(String);
+
+/// Takes the store's one-writer lock for `command`, to hold for the rest of the process. Refused (exit
+/// status 75) while another process holds it, unless `--wait` was given and the holder is not the
+/// daemon; the refusal names the holder.
+pub(crate) async fn lock_store(
+    global: &Global,
+    cfg: &Config,
+    command: &'static str,
+) -> anyhow::Result<crate::store::lock::StoreLock> {
+    use crate::store::lock::{LockError, StoreLock};
+    let dir = crate::service::lock_dir(cfg)?;
+    let shown = dir.display().to_string();
+    let first = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || StoreLock::try_acquire(&dir, command)).await?
+    };
+    let holder = match first {
+        Ok(lock) => return Ok(lock),
+        Err(LockError::Busy { holder, .. }) => holder,
+        Err(e) => return Err(e.into()),
+    };
+    let busy = LockError::Busy {
+        dir: dir.clone(),
+        holder: holder.clone(),
+    };
+    if holder.as_ref().is_some_and(|h| h.is_daemon()) {
+        let wait_note = if global.wait {
+            " (--wait does not wait for a daemon: it holds the store for as long as it runs)"
+        } else {
+            ""
+        };
+        return Err(StoreBusy(format!(
+            "{busy}. It is the daemon: it makes the backups on its schedule{wait_note}. \
+             Stop it first (e.g. `systemctl stop hapull`) to run `hapull {command}` by hand, or let it do the work \
+             (`hapull audit tail -f` shows its cycles)"
+        ))
+        .into());
+    }
+    if !global.wait {
+        return Err(StoreBusy(format!(
+            "{busy}. `hapull {command}` did nothing; run it again when that process has finished, or pass --wait to wait for it"
+        ))
+        .into());
+    }
+    tracing::info!(store = %shown, "{busy}; waiting for it to finish (--wait)");
+    let lock =
+        tokio::task::spawn_blocking(move || StoreLock::acquire_blocking(&dir, command)).await??;
+    Ok(lock)
 }
 
 /// Loads the config and logs its warnings.

@@ -444,6 +444,14 @@ impl Validator<'_> {
             if secret.is_empty() {
                 return Err(self.err(section, file_key, format!("{} is empty", path.display())));
             }
+            if let Some(bits) = crate::private_fs::exposed_bits(&path).filter(|b| *b != 0) {
+                self.warn(format!(
+                    "[{section}] {file_key}: {} can be read or changed by its group or others (permission bits {bits:03o} \
+                     beyond the owner's); the secret in it is exposed. Run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                ));
+            }
             return Ok(Some(secret));
         }
         if let Some(name) = env {
