@@ -17,6 +17,7 @@ mod hostile;
 mod hostkeys;
 mod init;
 mod log_secrets;
+mod retry;
 mod sftp_server;
 mod sim;
 mod ssh_steps;
