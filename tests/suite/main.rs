@@ -18,6 +18,7 @@ mod hostkeys;
 mod init;
 mod log_secrets;
 mod retry;
+mod retry_process;
 mod sftp_server;
 mod sim;
 mod ssh_steps;
