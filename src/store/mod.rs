@@ -27,6 +27,7 @@
 mod archive;
 mod names;
 mod retention;
+pub mod securetar;
 mod tar_stream;
 
 use std::fs::{self, File, OpenOptions};
@@ -41,12 +42,14 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use archive::{
-    ArchiveError, ArchiveSummary, BackupJson, HomeAssistantPart, MAX_BACKUP_JSON,
-    MAX_OUTER_MEMBERS, MemberInfo, TarError, Verify, parse_backup_json,
-    parse_backup_json_from_tar_prefix, verify_file, verify_reader,
+    ArchiveError, ArchiveSummary, BackupJson, HomeAssistantPart, Level, MAX_BACKUP_JSON,
+    MAX_OUTER_MEMBERS, MemberInfo, NO_PASSWORD_WARNING, TarError, Verify, VerifyOptions,
+    parse_backup_json, parse_backup_json_from_tar_prefix, verify_file, verify_file_with,
+    verify_reader, verify_reader_with,
 };
 pub use names::{MAX_COMPONENT_BYTES, NameError, safe_component, sanitize_for_filename};
 pub use retention::{Decision, RetentionPolicy, plan};
+pub use securetar::{Keys, SecureTarError};
 
 use archive::{hash_file, hex};
 
