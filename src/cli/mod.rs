@@ -191,3 +191,23 @@ pub(crate) async fn connect(cfg: &Config, reconnect: bool) -> anyhow::Result<Cli
         )
     })
 }
+
+/// Reads a backup password from a file: the whole file, less one trailing line break.
+pub(crate) fn read_password_file(path: &std::path::Path) -> anyhow::Result<crate::secret::Secret> {
+    use anyhow::Context as _;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the password file {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "the password file {} is not UTF-8 text; Home Assistant passwords are text",
+            path.display()
+        )
+    })?;
+    let secret = crate::secret::Secret::new(text);
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "the password file {} is empty; put the backup password in it",
+        path.display()
+    );
+    Ok(secret)
+}
