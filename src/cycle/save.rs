@@ -106,6 +106,10 @@ impl Context {
         verdict: Result<ArchiveSummary, ArchiveError>,
     ) -> Result<StoredArchive, CycleError> {
         let result = match verdict {
+            Err(source @ ArchiveError::WrongPassword { .. }) => Err(StoreError::WrongPassword {
+                path: local.to_path_buf(),
+                source,
+            }),
             Err(source) => Err(StoreError::Archive {
                 path: local.to_path_buf(),
                 source,
@@ -150,22 +154,13 @@ impl Context {
             Err(e) => {
                 // A damaged archive (not a full disk, not a wrong password) is remembered, so the
                 // catch-up does not pull it again every cycle; Home Assistant keeps it, hapull
-                // never deletes it. After a wrong password is fixed, the next cycle pulls it again.
-                let wrong_password = matches!(
+                // never deletes it. Once a wrong password is fixed, the next cycle pulls it again.
+                if matches!(
                     e,
-                    store::StoreError::Archive {
-                        source: ArchiveError::WrongPassword { .. },
-                        ..
-                    }
-                );
-                if !wrong_password
-                    && matches!(
-                        e,
-                        store::StoreError::Archive { .. }
-                            | store::StoreError::SizeMismatch { .. }
-                            | store::StoreError::HashMismatch { .. }
-                    )
-                {
+                    store::StoreError::Archive { .. }
+                        | store::StoreError::SizeMismatch { .. }
+                        | store::StoreError::HashMismatch { .. }
+                ) {
                     let _ = Ledger::remember(root, LedgerEntry::Rejected, &made.backup_id);
                 }
                 // A file that failed verification is not kept as if it were a backup; HA's copy stays.

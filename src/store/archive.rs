@@ -197,9 +197,9 @@ pub enum ArchiveError {
     )]
     Inner { member: String, detail: String },
     #[error(
-        "member {member}: wrong password: the configured backup password does not open this \
-         backup (set the password Home Assistant used for it: `password_file` in the config, or \
-         --password-file)"
+        "member {member}: wrong password: the backup password given does not open this backup \
+         (give the password Home Assistant used for it: `password_file` in [backup], or \
+         --password-file for verify and extract)"
     )]
     WrongPassword { member: String },
     #[error(

@@ -208,6 +208,8 @@ pub enum StoreError {
     },
     #[error("{} is not an intact Home Assistant backup: {source}", path.display())]
     Archive { path: PathBuf, source: ArchiveError },
+    #[error("{} cannot be opened: {source}", path.display())]
+    WrongPassword { path: PathBuf, source: ArchiveError },
     #[error("unusable backup id: {0}")]
     Name(#[from] NameError),
     #[error(
@@ -372,9 +374,15 @@ impl Store {
                         hash: true,
                     },
                 )
-                .map_err(|source| StoreError::Archive {
-                    path: partial.to_owned(),
-                    source,
+                .map_err(|source| match source {
+                    ArchiveError::WrongPassword { .. } => StoreError::WrongPassword {
+                        path: partial.to_owned(),
+                        source,
+                    },
+                    source => StoreError::Archive {
+                        path: partial.to_owned(),
+                        source,
+                    },
                 })?
             }
         };

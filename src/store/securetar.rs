@@ -58,8 +58,9 @@ const CBC_BATCH: usize = 256 * 1024;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SecureTarError {
     #[error(
-        "wrong password: the backup password does not open this backup (set the password Home \
-         Assistant used for it: `password_file` in the config, or --password-file)"
+        "wrong password: the backup password given does not open this backup (give the password \
+         Home Assistant used for it: `password_file` in [backup], or --password-file for verify \
+         and extract)"
     )]
     WrongPassword,
     #[error("SecureTar version {0} is not supported (known: 1, 2, 3)")]
