@@ -25,6 +25,7 @@
 //! `tokio::task::spawn_blocking`.
 
 mod archive;
+pub mod extract;
 mod ledger;
 mod names;
 mod retention;

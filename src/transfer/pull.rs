@@ -4,6 +4,7 @@
 //! Invariant: the destination name appears only after size checks pass, via rename of a fsynced file.
 
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -112,7 +113,12 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
 fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()
 }
@@ -130,11 +136,13 @@ fn writer<O: ByteObserver>(
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     mut observer: O,
 ) -> Result<([u8; 32], u64, O), TransferError> {
+    // Private whatever the umask: a backup holds secrets.
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o600)
         .open(&partial)
         .map_err(|e| TransferError::local("open", &partial, e))?;
     file.set_len(keep)
