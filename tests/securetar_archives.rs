@@ -234,3 +234,63 @@ fn backup_slug(path: &Path) -> String {
         .unwrap()
         .slug
 }
+
+#[test]
+fn every_archive_extracts_and_the_flipped_ones_are_refused() {
+    use hapull::store::extract::{ExtractOptions, extract_file};
+    for (name, pw, ok) in [
+        ("v2_5ec0a002.tar", "password.txt", true),
+        ("v3_5ec0a003.tar", "password.txt", true),
+        (
+            "real-ha-2026.11.0-protected.tar",
+            "real-ha-2026.11.0-protected.password",
+            true,
+        ),
+        ("v2_5ec0a002_flipped.tar", "password.txt", false),
+        ("v3_5ec0a003_flipped.tar", "password.txt", false),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let mut keys = Keys::new(password(pw));
+        let result = extract_file(
+            &dir().join(name),
+            out.path(),
+            ExtractOptions {
+                keys: Some(&mut keys),
+                overwrite: false,
+                progress: None,
+            },
+        );
+        if ok {
+            let s = result.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(s.parts, vec!["homeassistant".to_owned()], "{name}");
+            assert!(
+                s.files > 0 && out.path().join("homeassistant").is_dir(),
+                "{name}"
+            );
+        } else {
+            let e = result.unwrap_err();
+            assert!(
+                e.to_string().contains("homeassistant.tar.gz"),
+                "{name}: {e}"
+            );
+        }
+    }
+    // The real Home Assistant backup unpacks to its configuration.
+    let out = tempfile::tempdir().unwrap();
+    let mut keys = Keys::new(password("real-ha-2026.11.0-protected.password"));
+    extract_file(
+        &dir().join("real-ha-2026.11.0-protected.tar"),
+        out.path(),
+        ExtractOptions {
+            keys: Some(&mut keys),
+            overwrite: false,
+            progress: None,
+        },
+    )
+    .unwrap();
+    assert!(
+        out.path()
+            .join("homeassistant/data/configuration.yaml")
+            .is_file()
+    );
+}

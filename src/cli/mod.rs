@@ -6,6 +6,7 @@ mod check;
 mod completions;
 mod demo;
 mod events;
+mod extract;
 mod init;
 mod once;
 mod run;
@@ -80,8 +81,11 @@ pub enum Command {
     Pull(once::PullArgs),
     /// List the archives in the local store (or, with --remote, Home Assistant's backups).
     List(store_cmds::ListArgs),
-    /// Re-hash local archives against their manifests.
+    /// Check local archives in one read each: SHA-256 against the manifest, structure, and every
+    /// inner archive decrypted (protected backups) and decompressed to its end.
     Verify(store_cmds::VerifyArgs),
+    /// Unpack a Home Assistant backup (protected or not) into a folder, without Home Assistant.
+    Extract(extract::ExtractArgs),
     /// Apply the local retention rules, showing what goes and why.
     Prune(store_cmds::PruneArgs),
     /// Show the SSH server's host key fingerprint, to compare and pin it.
@@ -132,6 +136,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Pull(args) => once::run_pull(&cli.global, args).await,
         Command::List(args) => store_cmds::list(&cli.global, args).await,
         Command::Verify(args) => store_cmds::verify(&cli.global, args).await,
+        Command::Extract(args) => extract::run(&cli.global, args).await,
         Command::Prune(args) => store_cmds::prune(&cli.global, args).await,
         Command::TrustHost(args) => trust_host::run(&cli.global, args).await,
         Command::Init(args) => init::run(&cli.global, args).await,

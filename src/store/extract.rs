@@ -34,14 +34,16 @@ pub enum ExtractError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(
         "the backup is password-protected: give its password with --password-file FILE (or \
          password_file in the config)"
     )]
     NeedsPassword,
-    #[error("member {member} of {inner}: refused: {reason}; nothing is written outside the target folder")]
+    #[error(
+        "member {member} of {inner}: refused: {reason}; nothing is written outside the target folder"
+    )]
     Refused {
         inner: String,
         member: String,
@@ -104,7 +106,7 @@ pub fn extract<R: Read>(
     let mut outer = TarStream::new(BufReader::with_capacity(READ_BUFFER, counting));
     let first = outer
         .next_member()
-        .map_err(|e| ArchiveError::Outer(e))?
+        .map_err(ArchiveError::Outer)?
         .ok_or(ArchiveError::Empty)?;
     let plain_first = first.name.strip_prefix("./").unwrap_or(&first.name);
     if plain_first != "backup.json" || !first.is_regular_file() {
@@ -161,13 +163,13 @@ pub fn extract<R: Read>(
             .unwrap_or(plain);
         let inner_label = shown(&member.name);
         // The part's folder name comes from the outer archive: one plain component only.
-        let part = safe_relative(stem).filter(|p| p.components().count() == 1).ok_or(
-            ExtractError::Refused {
+        let part = safe_relative(stem)
+            .filter(|p| p.components().count() == 1)
+            .ok_or(ExtractError::Refused {
                 inner: shown("(outer archive)"),
                 member: inner_label.clone(),
                 reason: "its name is not a plain file name",
-            },
-        )?;
+            })?;
         let root = dir.join(&part);
         make_dir(&root)?;
         let data = BufReader::with_capacity(READ_BUFFER, outer.data());
@@ -255,9 +257,10 @@ fn unpack<R: Read>(
         match m.kind {
             b'0' | 0 | b'7' => {
                 let mode = if m.mode & 0o100 != 0 { 0o700 } else { 0o600 };
-                let written = write_new_file(&target, &mut tar.data(), mode, overwrite, |source| {
-                    tar_err(TarError::Io { offset: 0, source })
-                })?;
+                let written =
+                    write_new_file(&target, &mut tar.data(), mode, overwrite, |source| {
+                        tar_err(TarError::Io { offset: 0, source })
+                    })?;
                 summary.files += 1;
                 summary.bytes += written;
             }
@@ -319,7 +322,10 @@ fn make_dir(dir: &Path) -> Result<(), ExtractError> {
         Ok(_) => Err(ExtractError::Io {
             action: "use as a folder",
             path: dir.to_owned(),
-            source: io::Error::new(io::ErrorKind::AlreadyExists, "it exists and is not a folder"),
+            source: io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "it exists and is not a folder",
+            ),
         }),
         Err(_) => fs::DirBuilder::new()
             .recursive(true)
@@ -432,4 +438,135 @@ pub fn extract_file(
 ) -> Result<ExtractSummary, ExtractError> {
     let f = File::open(path).map_err(io_err("read", path))?;
     extract(f, dir, opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// (name, type flag, link target, data).
+    type Entry<'a> = (&'a str, u8, &'a str, &'a [u8]);
+
+    /// An inner tar from raw entries. Names are written into the header as given, hostile ones
+    /// included.
+    fn inner(entries: &[Entry<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, kind, link, data) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.as_ustar_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.as_ustar_mut().unwrap().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_entry_type(tar::EntryType::new(*kind));
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().next_multiple_of(512), 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn backup(inner_tar: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(inner_tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let json = br#"{"slug":"abc123","name":"t","date":"2026-11-26T09:07:39+00:00","homeassistant":{"version":"2026.11.0"}}"#;
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            ("./backup.json", &json[..]),
+            ("./homeassistant.tar.gz", &gz[..]),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn run(archive: &[u8], dir: &Path, overwrite: bool) -> Result<ExtractSummary, ExtractError> {
+        extract(
+            archive,
+            dir,
+            ExtractOptions {
+                keys: None,
+                overwrite,
+                progress: None,
+            },
+        )
+    }
+
+    #[test]
+    fn unpacks_each_part_into_its_folder_privately() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        let archive = backup(&inner(&[
+            ("./data", b'5', "", b""),
+            ("./data/configuration.yaml", b'0', "", b"homeassistant:\n"),
+            ("./data/link.yaml", b'2', "configuration.yaml", b""),
+            ("./data/hard.yaml", b'1', "data/configuration.yaml", b""),
+        ]));
+        let s = run(&archive, &dir, false).unwrap();
+        assert_eq!(s.parts, vec!["homeassistant".to_owned()]);
+        let f = dir.join("homeassistant/data/configuration.yaml");
+        assert_eq!(fs::read(&f).unwrap(), b"homeassistant:\n");
+        assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(dir.join("homeassistant/data")).unwrap().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            fs::read(dir.join("homeassistant/data/link.yaml")).unwrap(),
+            b"homeassistant:\n"
+        );
+        assert!(dir.join("backup.json").is_file());
+        // Existing files are kept unless asked.
+        assert!(matches!(
+            run(&archive, &dir, false),
+            Err(ExtractError::Exists { .. })
+        ));
+        run(&archive, &dir, true).unwrap();
+    }
+
+    #[test]
+    fn hostile_names_links_and_devices_are_refused_and_nothing_lands_outside() {
+        let cases: Vec<Vec<Entry<'_>>> = vec![
+            vec![("../evil", b'0', "", b"x")],
+            vec![("/tmp/evil-abs", b'0', "", b"x")],
+            vec![("data/../../evil", b'0', "", b"x")],
+            vec![("data/up", b'2', "../../evil", b"")],
+            vec![("data/abs", b'2', "/etc/passwd", b"")],
+            vec![("data/hard", b'1', "../evil", b"")],
+            vec![("data/hard2", b'1', "/etc/passwd", b"")],
+            vec![("data/dev", b'3', "", b"")],
+            vec![("data/fifo", b'6', "", b"")],
+            // A link inside the folder, then a file written "through" it.
+            vec![("data/l", b'2', ".", b""), ("data/l/x", b'0', "", b"x")],
+        ];
+        for entries in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("a/b");
+            let err = run(&backup(&inner(&entries)), &dir, false).unwrap_err();
+            assert!(
+                matches!(err, ExtractError::Refused { .. } | ExtractError::Io { .. }),
+                "{entries:?}: {err}"
+            );
+            assert!(
+                err.to_string().contains(entries.last().unwrap().0)
+                    || matches!(err, ExtractError::Io { .. }),
+                "{err}"
+            );
+            // Nothing but the target folder was created beside it.
+            let mut outside: Vec<_> = fs::read_dir(tmp.path().join("a"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            outside.sort();
+            assert_eq!(outside, vec![std::ffi::OsString::from("b")], "{entries:?}");
+            assert!(!tmp.path().join("evil").exists() && !Path::new("/tmp/evil-abs").exists());
+        }
+    }
 }
