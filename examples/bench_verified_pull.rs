@@ -11,7 +11,7 @@
 //! measured by GNU time. The archive is hard-linked (or copied) into the sshd's folder.
 
 #[allow(dead_code)]
-#[path = "../tests/support/sshd.rs"]
+#[path = "../tests/suite/support/sshd.rs"]
 mod sshd;
 
 use std::path::{Path, PathBuf};

@@ -152,7 +152,7 @@ pub const NO_PASSWORD_WARNING: &str = "the backup is password-protected and no p
 
 impl ArchiveSummary {
     pub fn sha256_hex(&self) -> String {
-        hex(&self.sha256)
+        hex::encode(self.sha256)
     }
 }
 
@@ -658,17 +658,6 @@ fn describe_inner(e: TarError, gzip: bool) -> InnerFailure {
         },
         other => InnerFailure::Bad(format!("its tar content is invalid: {other}")),
     }
-}
-
-/// Lowercase hex of a digest.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// Passes bytes through while hashing them.

@@ -2,8 +2,6 @@
 //! transfer's byte observer), including after a dropped connection, when the pull resumes from the
 //! partial file and re-feeds its prefix first. Against a real OpenSSH sshd.
 
-mod support;
-
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -13,7 +11,7 @@ use bytes::Bytes;
 use hapull::secret::Secret;
 use hapull::store::{ArchiveError, CommitInfo, Keys, Level, Store, StreamVerifier, Verify};
 use hapull::transfer::{self, ByteObserver, HostKeyPolicy, PullOptions, SessionOptions, SshTarget};
-use support::sshd::Sshd;
+use crate::support::sshd::Sshd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Feed(StreamVerifier);
