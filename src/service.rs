@@ -451,6 +451,10 @@ impl CycleJob {
                     transfer_duration: r.pull.duration,
                     archive_bytes: Some(r.pull.size),
                 });
+                self.metrics.archive_verified(
+                    r.archive.manifest.verified == Some(crate::store::Level::Full),
+                    r.archive.manifest.protected,
+                );
                 Ok((r, duration))
             }
             Err(e) => {
@@ -484,7 +488,7 @@ impl CycleJob {
         }
         if let Some(a) = &self.ctx.audit {
             a.event(
-                "cycle.retry",
+                Kind::CycleRetry,
                 json!({"attempt": pending.attempt, "delay_s": pending.delay.as_secs_f64(),
                        "at": pending.at.to_string(), "error": error.to_string()}),
             );
