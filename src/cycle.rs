@@ -29,15 +29,15 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::audit::AuditLog;
 use crate::config::{BackupMode, VerifyLevel};
 use crate::ha::{
-    Backup, BackupApi, BackupEvent, BackupState, Client, GenerateRequest, HaError, SubItem,
-    Subscription,
+    Backup, BackupApi, BackupEvent, BackupState, Client, GenerateRequest, HaError, Install,
+    SubItem, Subscription, choose_local_agent,
 };
 use crate::secret::Secret;
 use crate::store::{
     self, CommitInfo, RetentionPolicy, Store, StoredArchive, Verify, safe_component,
 };
 use crate::transfer::{
-    self, Identity, PullOptions, PullOutcome, Session, SshTarget, TransferError,
+    self, HttpTarget, Identity, PullOptions, PullOutcome, Session, SshTarget, TransferError,
 };
 
 /// The steps of a cycle, as named in logs, audit records and errors.
@@ -119,6 +119,8 @@ impl CycleError {
 pub struct Settings {
     pub mode: BackupMode,
     pub shell_command: String,
+    /// The agent keeping HA's local copies; `None`: ask HA (`backup.local`, else `hassio.local`).
+    pub agent_id: Option<String>,
     pub name_template: String,
     pub include_database: bool,
     pub password: Option<Secret>,
@@ -133,13 +135,38 @@ pub struct Settings {
     pub pull: PullOptions,
 }
 
+/// How archives are fetched from the HA side.
+#[derive(Clone)]
+pub enum Source {
+    /// SFTP from `Settings::remote_dir` on the HA host.
+    Sftp {
+        ssh: SshTarget,
+        /// The SSH key, decrypted once when the context is built.
+        identity: Identity,
+    },
+    /// Home Assistant's own download endpoint, `<prefix>/api/backup/download/<id>`, with the token.
+    Http {
+        target: HttpTarget,
+        /// Path HA is served under behind a proxy (usually empty).
+        prefix: String,
+    },
+}
+
+impl Source {
+    /// The host archives come from, as recorded in manifests.
+    pub fn host(&self) -> &str {
+        match self {
+            Source::Sftp { ssh, .. } => &ssh.host,
+            Source::Http { target, .. } => &target.host,
+        }
+    }
+}
+
 /// The long-lived parts a cycle works with.
 #[derive(Clone)]
 pub struct Context {
     pub client: Client,
-    pub ssh: SshTarget,
-    /// The SSH key, decrypted once when the context is built.
-    pub identity: Identity,
+    pub source: Source,
     pub store: Arc<Store>,
     pub audit: Option<AuditLog>,
     pub settings: Settings,
@@ -160,7 +187,14 @@ pub struct Report {
 /// Where the backup HA made lives and what HA said about it.
 #[derive(Debug, Clone)]
 struct Made {
+    /// The backup id; on a Supervisor install, the job id until the backup is identified.
     backup_id: String,
+    /// The Supervisor job that makes the backup (Supervisor installs, until identified).
+    job_id: Option<String>,
+    /// When hapull asked for it, to tell it from older backups of the same name.
+    requested_at: Option<Timestamp>,
+    /// The local agent holding the copy (modern API); `None` on the legacy API.
+    agent: Option<String>,
     /// The name hapull asked for (api mode), to find the backup when the job id is not its id.
     requested_name: Option<String>,
     /// HA's view of it (modern: details; legacy: the generate result or list entry).
@@ -207,9 +241,9 @@ impl Context {
     }
 
     async fn steps(&self, started: Instant) -> Result<Report, CycleError> {
-        let (api, mut sub) = self.connect().instrument(info_span!("connect")).await?;
+        let (api, agent, mut sub) = self.connect().instrument(info_span!("connect")).await?;
         let made = self
-            .create(api, sub.as_mut())
+            .create(api, agent, sub.as_mut())
             .instrument(info_span!("create"))
             .await?;
         let made = self
@@ -243,8 +277,12 @@ impl Context {
             step: Step::Locate,
             message: format!("Home Assistant has no backup {backup_id:?}; `hapull list --remote` shows the ids it has"),
         })?;
+        let agent = self.local_agent(api, Step::Connect).await?;
         let made = Made {
             backup_id: backup_id.to_string(),
+            job_id: None,
+            requested_at: None,
+            agent,
             requested_name: None,
             backup: Some(backup),
         };
@@ -270,7 +308,7 @@ impl Context {
             .instrument(info_span!("commit", backup_id = %made.backup_id))
             .await?;
         let deleted_on_ha = self
-            .clean_up_ha(api)
+            .clean_up_ha(api, made.agent.as_deref())
             .instrument(info_span!("cleanup_ha"))
             .await?;
         let pruned = self.retention().instrument(info_span!("retention")).await?;
@@ -287,12 +325,15 @@ impl Context {
 
     /// Step 1: which API, subscribe to backup events, wait while HA is starting (`blocked`) or busy
     /// with another backup.
-    async fn connect(&self) -> Result<(BackupApi, Option<Subscription>), CycleError> {
+    async fn connect(
+        &self,
+    ) -> Result<(BackupApi, Option<String>, Option<Subscription>), CycleError> {
         let ha = |source| CycleError::Ha {
             step: Step::Connect,
             source,
         };
         let api = self.client.detect_backup_api().await.map_err(ha)?;
+        let agent = self.local_agent(api, Step::Connect).await?;
         // The SSH side is checked before Home Assistant is asked for anything: a broken host key or
         // permission would otherwise leave a new, unpulled backup on the HA host every cycle.
         self.preflight_ssh().await?;
@@ -318,17 +359,33 @@ impl Context {
                 }
             }
         }
-        info!(%api, ha_version = %self.client.ha_version(), "connected");
+        let install = agent.as_deref().map_or(Install::Legacy, Install::of_agent);
+        info!(%api, %install, agent = ?agent, ha_version = %self.client.ha_version(), "connected");
         let api_name = match api {
             BackupApi::Modern => "modern",
             BackupApi::Legacy { .. } => "legacy",
         };
         self.record(
             "cycle.connected",
-            json!({"ha_version": self.client.ha_version(), "backup_api": api_name}),
+            json!({"ha_version": self.client.ha_version(), "backup_api": api_name, "agent": agent}),
         )
         .await?;
-        Ok((api, sub))
+        Ok((api, agent, sub))
+    }
+
+    /// The local agent (modern API): asked of HA each cycle, as mounts and installs change.
+    async fn local_agent(&self, api: BackupApi, step: Step) -> Result<Option<String>, CycleError> {
+        if !matches!(api, BackupApi::Modern) {
+            return Ok(None);
+        }
+        let agents = self
+            .client
+            .backup_agents()
+            .await
+            .map_err(|source| CycleError::Ha { step, source })?;
+        choose_local_agent(&agents, self.settings.agent_id.as_deref())
+            .map(Some)
+            .map_err(|message| CycleError::Refused { step, message })
     }
 
     /// Host key, login and a listing of `remote_dir`.
@@ -337,7 +394,11 @@ impl Context {
             step: Step::Connect,
             source,
         };
-        let session = Session::connect_with(&self.ssh, &self.identity, &self.settings.pull.session)
+        // Over HTTP the token and TLS were proven by the WebSocket connection to the same server.
+        let Source::Sftp { ssh, identity } = &self.source else {
+            return Ok(());
+        };
+        let session = Session::connect_with(ssh, identity, &self.settings.pull.session)
             .await
             .map_err(tr)?;
         let listed = session.list_dir(&self.settings.remote_dir).await;
@@ -357,6 +418,7 @@ impl Context {
     async fn create(
         &self,
         api: BackupApi,
+        agent: Option<String>,
         sub: Option<&mut Subscription>,
     ) -> Result<Made, CycleError> {
         let ha = |source| CycleError::Ha {
@@ -378,19 +440,26 @@ impl Context {
             (BackupMode::Api, BackupApi::Modern) => {
                 let name = self.backup_name();
                 let name_for_lookup = name.clone();
-                info!(path = "backup/generate", %name, "asking Home Assistant for a backup");
+                let agent_id = agent.clone().unwrap_or_else(|| "backup.local".into());
+                info!(path = "backup/generate", %name, agent = %agent_id, "asking Home Assistant for a backup");
+                let requested_at = Timestamp::now();
                 let job = self
                     .client
                     .backup_generate(&GenerateRequest {
-                        agent_ids: vec!["backup.local".into()],
+                        agent_ids: vec![agent_id.clone()],
                         name: Some(name),
                         include_database: Some(self.settings.include_database),
                         password: self.settings.password.clone(),
                     })
                     .await
                     .map_err(ha)?;
+                // On a Supervisor install the answer is a Supervisor job id, not the backup id.
+                let supervisor = Install::of_agent(&agent_id) == Install::Supervisor;
                 Made {
+                    job_id: supervisor.then(|| job.clone()),
                     backup_id: job,
+                    requested_at: Some(requested_at),
+                    agent: Some(agent_id),
                     requested_name: Some(name_for_lookup),
                     backup: None,
                 }
@@ -407,16 +476,28 @@ impl Context {
                     .map_err(ha)?;
                 Made {
                     backup_id: b.backup_id.clone(),
+                    job_id: None,
+                    requested_at: None,
+                    agent: None,
                     requested_name: None,
                     backup: Some(b),
                 }
             }
-            (BackupMode::Service, _) => self.create_by_services().await?,
+            (BackupMode::Service, _) => {
+                let mut made = self.create_by_services().await?;
+                made.agent = agent;
+                made
+            }
         };
         let id = safe_component(&made.backup_id).map_err(|e| CycleError::Refused {
             step: Step::Create,
             message: format!("Home Assistant gave an unusable backup id: {e}"),
         })?;
+        if made.job_id.is_some() {
+            // Only backup ids go into hapull's list; the job becomes one once identified.
+            self.record("backup.created", json!({"job_id": id})).await?;
+            return Ok(made);
+        }
         remember_made(self.store.root(), &id).map_err(|e| CycleError::Refused {
             step: Step::Create,
             message: format!("cannot record the new backup id in the store: {e}"),
@@ -494,6 +575,9 @@ impl Context {
         })?;
         Ok(Made {
             backup_id: b.backup_id.clone(),
+            job_id: None,
+            requested_at: None,
+            agent: None,
             requested_name: None,
             backup: Some(b),
         })
@@ -506,7 +590,16 @@ impl Context {
             step: Step::Create,
             source,
         };
-        let session = Session::connect_with(&self.ssh, &self.identity, &self.settings.pull.session)
+        // The delete command removes files in the folder, listed or not; only SFTP sees them all.
+        let Source::Sftp { ssh, identity } = &self.source else {
+            return Err(CycleError::Refused {
+                step: Step::Create,
+                message: "mode = \"service\" runs a command that deletes every archive in HA's backups folder; \
+                          that needs [transfer] via = \"sftp\" so each one can be saved first"
+                    .into(),
+            });
+        };
+        let session = Session::connect_with(ssh, identity, &self.settings.pull.session)
             .await
             .map_err(tr)?;
         let entries = session
@@ -548,6 +641,9 @@ impl Context {
             info!(backup_id = %slug, %path, "pulling an archive without a local copy before the delete command runs");
             let made = Made {
                 backup_id: slug,
+                job_id: None,
+                requested_at: None,
+                agent: None,
                 requested_name: None,
                 backup: None,
             };
@@ -654,6 +750,11 @@ impl Context {
                 }
             }
         }
+        let made = if made.job_id.is_some() {
+            self.identify_supervisor_backup(made).await?
+        } else {
+            made
+        };
         let details = self
             .client
             .backup_details(&made.backup_id)
@@ -664,11 +765,10 @@ impl Context {
             })?;
         let made = match details {
             Some(b) => Made {
-                backup_id: made.backup_id,
-                requested_name: made.requested_name,
                 backup: Some(b),
+                ..made
             },
-            None => self.find_by_name_after_supervisor_job(&made).await?,
+            None => self.find_by_name_after_job(&made).await?,
         };
         self.record(
             "backup.completed",
@@ -737,9 +837,62 @@ impl Context {
         }
     }
 
-    /// On Supervisor installs the job id is not the backup id: the new backup is the newest one with
-    /// our name.
-    async fn find_by_name_after_supervisor_job(&self, made: &Made) -> Result<Made, CycleError> {
+    /// On a Supervisor install: turns the job id into the backup id — the job's `reference`, else the
+    /// newest backup with our name, made since we asked, by this instance. Records the id in hapull's
+    /// list (so clean-up finds it) and in the audit log.
+    async fn identify_supervisor_backup(&self, made: Made) -> Result<Made, CycleError> {
+        let job = made.job_id.clone().unwrap_or_default();
+        let mut how = "supervisor job reference";
+        let mut found = None;
+        for attempt in 0..5 {
+            match self.client.supervisor_job_reference(&job).await {
+                Ok(Some(id)) => {
+                    found = Some(id);
+                    break;
+                }
+                // The job may report done a moment after the completed event.
+                Ok(None) if attempt < 4 => tokio::time::sleep(Duration::from_secs(1)).await,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(job_id = %job, error = %e, "cannot ask the Supervisor about the backup job; finding the backup by name and date");
+                    break;
+                }
+            }
+        }
+        let made = match found {
+            Some(id) => Made {
+                backup_id: id,
+                ..made
+            },
+            None => {
+                how = "name, date and instance";
+                self.find_by_name_after_job(&made).await?
+            }
+        };
+        let id = safe_component(&made.backup_id).map_err(|e| CycleError::Refused {
+            step: Step::Await,
+            message: format!("the Supervisor gave an unusable backup id: {e}"),
+        })?;
+        remember_made(self.store.root(), &id).map_err(|e| CycleError::Refused {
+            step: Step::Await,
+            message: format!("cannot record the new backup id in the store: {e}"),
+        })?;
+        info!(job_id = %job, backup_id = %id, how, "backup identified");
+        self.record(
+            "backup.identified",
+            json!({"job_id": job, "backup_id": id, "how": how}),
+        )
+        .await?;
+        Ok(Made {
+            job_id: None,
+            ..made
+        })
+    }
+
+    /// When the job id is not the backup id and the job cannot say which backup it made: the newest
+    /// backup with the name hapull asked for, dated no earlier than the request, made by this
+    /// instance (`extra_metadata.instance_id` as learned from hapull's earlier backups).
+    async fn find_by_name_after_job(&self, made: &Made) -> Result<Made, CycleError> {
         let info = self
             .client
             .backup_info()
@@ -748,23 +901,45 @@ impl Context {
                 step: Step::Await,
                 source,
             })?;
+        let known = read_made_file(self.store.root());
+        let ours: BTreeSet<&str> = known.ids.iter().map(String::as_str).collect();
+        // Our instance: the one that made hapull's earlier backups, when HA says.
+        let instance = info
+            .backups
+            .iter()
+            .filter(|b| ours.contains(b.backup_id.as_str()))
+            .find_map(|b| b.instance_id().map(str::to_string));
+        // Clocks of the HA host and this machine may differ a little.
+        let since = made
+            .requested_at
+            .map(|t| t - jiff::SignedDuration::from_secs(300));
         let mut candidates: Vec<Backup> = info
             .backups
             .into_iter()
             .filter(|b| made.requested_name.as_deref() == Some(b.name.as_str()))
+            .filter(|b| !ours.contains(b.backup_id.as_str()))
+            .filter(|b| match (&since, b.date.parse::<Timestamp>()) {
+                (Some(since), Ok(date)) => date >= *since,
+                _ => true,
+            })
+            .filter(|b| match (&instance, b.instance_id()) {
+                (Some(mine), Some(theirs)) => mine == theirs,
+                _ => true,
+            })
             .collect();
         candidates.sort_by(|a, b| a.date.cmp(&b.date));
         let b = candidates.pop().ok_or_else(|| CycleError::Refused {
             step: Step::Await,
             message: format!(
-                "backup job {} completed but no such backup is listed",
-                made.backup_id
+                "backup job {} completed but no new backup named {:?} is listed; nothing was deleted",
+                made.job_id.as_deref().unwrap_or(&made.backup_id),
+                made.requested_name.as_deref().unwrap_or("")
             ),
         })?;
         Ok(Made {
             backup_id: b.backup_id.clone(),
-            requested_name: None,
             backup: Some(b),
+            ..made.clone()
         })
     }
 
@@ -779,9 +954,37 @@ impl Context {
             step: Step::Locate,
             message: e.to_string(),
         })?;
+        let (ssh, identity) = match &self.source {
+            Source::Sftp { ssh, identity } => (ssh, identity),
+            Source::Http { prefix, .. } => {
+                // HA finds its own file; the store checks the archive's slug at commit.
+                let path = match &made.agent {
+                    Some(agent) => format!(
+                        "{prefix}/api/backup/download/{}?agent_id={}",
+                        url_component(&id),
+                        url_component(agent)
+                    ),
+                    None => format!("{prefix}/api/backup/download/{}", url_component(&id)),
+                };
+                info!(remote = %path, "archive located (Home Assistant's download)");
+                self.record(
+                    "archive.located",
+                    json!({"backup_id": made.backup_id, "remote": path}),
+                )
+                .await?;
+                return Ok(path);
+            }
+        };
         let mut guesses = Vec::new();
         if let Some(b) = &made.backup {
             if let Some(name) = ha_archive_file_name(&b.name, &b.date) {
+                guesses.push(name);
+            }
+            // Supervisor installs name the file after the moment HA asked, not the backup's date.
+            if let Some(name) = b
+                .request_date()
+                .and_then(|d| ha_archive_file_name(&b.name, d))
+            {
                 guesses.push(name);
             }
             if let Some(p) = &b.path
@@ -790,10 +993,13 @@ impl Context {
                 guesses.push(file.to_string());
             }
         }
-        if matches!(api, BackupApi::Legacy { .. }) {
+        // Legacy HA and the Supervisor (backups it made itself, uploads) name files `<slug>.tar`.
+        if matches!(api, BackupApi::Legacy { .. })
+            || made.agent.as_deref().map(Install::of_agent) == Some(Install::Supervisor)
+        {
             guesses.push(format!("{id}.tar"));
         }
-        let session = Session::connect_with(&self.ssh, &self.identity, &self.settings.pull.session)
+        let session = Session::connect_with(ssh, identity, &self.settings.pull.session)
             .await
             .map_err(tr)?;
         let result = async {
@@ -826,7 +1032,7 @@ impl Context {
                 step: Step::Locate,
                 message: format!(
                     "no archive of backup {id} in {} on {} (is remote_dir right, and can user {} read it? see README, Permissions)",
-                    self.settings.remote_dir, self.ssh.host, self.ssh.user
+                    self.settings.remote_dir, ssh.host, ssh.user
                 ),
             })
         }
@@ -852,9 +1058,18 @@ impl Context {
                 source,
             })?;
         let mut opts = self.settings.pull.clone();
-        opts.expected_size = made.backup.as_ref().and_then(|b| b.size);
-        let outcome = transfer::pull_with(&self.ssh, &self.identity, remote, &local, &opts)
-            .await
+        opts.expected_size = made.backup.as_ref().and_then(|b| {
+            match made.agent.as_deref().and_then(|a| b.on_agent(a)) {
+                Some((size, _)) => size,
+                None => b.size,
+            }
+        });
+        let outcome = match &self.source {
+            Source::Sftp { ssh, identity } => {
+                transfer::pull_with(ssh, identity, remote, &local, &opts).await
+            }
+            Source::Http { target, .. } => transfer::download(target, remote, &local, &opts).await,
+        }
             .map_err(|source| CycleError::Transfer {
                 step: Step::Pull,
                 source,
@@ -882,7 +1097,7 @@ impl Context {
             size: pulled.size,
             sha256: pulled.sha256,
             pulled_at: Timestamp::now(),
-            source_host: self.ssh.host.clone(),
+            source_host: self.source.host().to_string(),
             source_path: remote.to_string(),
             verify: match self.settings.verify {
                 VerifyLevel::Full => Verify::Full,
@@ -938,7 +1153,11 @@ impl Context {
 
     /// Step 7: delete hapull's own backups in HA beyond the newest `keep_on_ha`, each only when its
     /// archive is in the store.
-    async fn clean_up_ha(&self, api: BackupApi) -> Result<Vec<String>, CycleError> {
+    async fn clean_up_ha(
+        &self,
+        api: BackupApi,
+        agent: Option<&str>,
+    ) -> Result<Vec<String>, CycleError> {
         if self.settings.mode == BackupMode::Service {
             // The recipe's delete command is the clean-up in this mode.
             return Ok(Vec::new());
@@ -979,6 +1198,9 @@ impl Context {
             caught_up += 1;
             let made = Made {
                 backup_id: b.backup_id.clone(),
+                job_id: None,
+                requested_at: None,
+                agent: agent.map(str::to_string),
                 requested_name: None,
                 backup: Some(b.clone()),
             };
@@ -1061,6 +1283,19 @@ async fn peek_slug(session: &Session, path: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let backup = store::parse_backup_json(&bytes).map_err(|e| format!("backup.json: {e}"))?;
     Ok(backup.slug)
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn url_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn remote_join(dir: &str, file: &str) -> String {

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use backup::{
-    AgentInfo, Backup, BackupApi, BackupEvent, BackupList, BackupState, GenerateRequest,
-    LegacyBackup,
+    AgentInfo, Backup, BackupApi, BackupEvent, BackupList, BackupState, GenerateRequest, Install,
+    LegacyBackup, choose_local_agent,
 };
 pub use connection::{Incoming, SubItem, decode_frame, parse_result};
 pub use endpoint::{Endpoint, EndpointError};
