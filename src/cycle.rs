@@ -1070,10 +1070,10 @@ impl Context {
             }
             Source::Http { target, .. } => transfer::download(target, remote, &local, &opts).await,
         }
-            .map_err(|source| CycleError::Transfer {
-                step: Step::Pull,
-                source,
-            })?;
+        .map_err(|source| CycleError::Transfer {
+            step: Step::Pull,
+            source,
+        })?;
         info!(bytes = outcome.size, secs = outcome.duration.as_secs_f64(), sha256 = %outcome.sha256_hex(), "pulled");
         self.record(
             "pull.finished",

@@ -190,10 +190,7 @@ impl Backup {
 
     /// The HA instance that made the backup (`extra_metadata.instance_id`), when HA says.
     pub fn instance_id(&self) -> Option<&str> {
-        self.raw
-            .get("extra_metadata")?
-            .get("instance_id")?
-            .as_str()
+        self.raw.get("extra_metadata")?.get("instance_id")?.as_str()
     }
 
     /// When Home Assistant asked the Supervisor for this backup (Supervisor installs): the date the
@@ -242,7 +239,10 @@ impl std::fmt::Display for Install {
 
 /// The agent whose copies live on the HA host: the configured one (which must exist), else
 /// `backup.local` (Core), else `hassio.local` (Supervisor). The error names what HA offers.
-pub fn choose_local_agent(agents: &[AgentInfo], configured: Option<&str>) -> Result<String, String> {
+pub fn choose_local_agent(
+    agents: &[AgentInfo],
+    configured: Option<&str>,
+) -> Result<String, String> {
     let has = |id: &str| agents.iter().any(|a| a.agent_id == id);
     let offered = || {
         let ids: Vec<&str> = agents.iter().map(|a| a.agent_id.as_str()).collect();
@@ -286,7 +286,8 @@ fn parse_backup(v: &Value) -> Result<Backup, HaError> {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     if let Some(id) = s("backup_id") {
         let agents_obj = v.get("agents").and_then(Value::as_object);
-        let local = agents_obj.and_then(|a| a.get("backup.local").or_else(|| a.get("hassio.local")));
+        let local =
+            agents_obj.and_then(|a| a.get("backup.local").or_else(|| a.get("hassio.local")));
         let any_agent = agents_obj.and_then(|a| a.values().next());
         let size = local
             .or(any_agent)
@@ -469,7 +470,11 @@ impl Client {
     /// The backup id a Supervisor job produced (`supervisor/api` `GET /jobs/<id>`, field `reference`):
     /// `Some` once the job is done and names one, `None` while it runs or when it names none.
     pub async fn supervisor_job_reference(&self, job_id: &str) -> Result<Option<String>, HaError> {
-        if job_id.is_empty() || !job_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if job_id.is_empty()
+            || !job_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             return Err(HaError::Protocol(format!(
                 "{:?} is not a Supervisor job id",
                 clip(job_id, 80)

@@ -172,7 +172,9 @@ pub enum TransferError {
     TarMember { path: String, reason: String },
 
     /// The HTTPS server could not be reached (name, port, TCP), or the connection dropped mid-download.
-    #[error("cannot download {url}: {message}; check that Home Assistant is up and reachable at that address")]
+    #[error(
+        "cannot download {url}: {message}; check that Home Assistant is up and reachable at that address"
+    )]
     HttpUnreachable { url: String, message: String },
 
     /// The TLS handshake failed: the certificate is not trusted or not issued for this name.

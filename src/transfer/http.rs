@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+};
 
 use super::pull::{self, Progress};
 use super::{PullOptions, PullOutcome, TransferError};
@@ -268,12 +270,13 @@ async fn download_once(
     let content_range = head.get("content-range").map(str::to_string);
     let (keep, size) = match (head.status, &resume) {
         (206, Some((meta, len))) => {
-            let (start, total) = parse_content_range(content_range.as_deref()).ok_or_else(|| {
-                TransferError::HttpProtocol {
-                    url: url.clone(),
-                    message: format!("206 with an unusable Content-Range {content_range:?}"),
-                }
-            })?;
+            let (start, total) =
+                parse_content_range(content_range.as_deref()).ok_or_else(|| {
+                    TransferError::HttpProtocol {
+                        url: url.clone(),
+                        message: format!("206 with an unusable Content-Range {content_range:?}"),
+                    }
+                })?;
             if start != *len || total != meta.size {
                 // Not the range asked for: the prefix cannot be trusted to line up.
                 remove_if_exists(&paths.partial)?;
@@ -558,7 +561,12 @@ fn check_status(head: &Head, url: &str, path: &str) -> Result<(), TransferError>
         300..=399 => Err(TransferError::Redirect {
             url: url.to_string(),
             status,
-            location: head.get("location").unwrap_or("").chars().take(300).collect(),
+            location: head
+                .get("location")
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect(),
         }),
         401 => Err(err(
             "the token was refused; use a long-lived access token of an administrator (Profile → Security)",
@@ -878,7 +886,10 @@ mod tests {
             b"abcd"
         );
         assert_eq!(decode(Framing::Length(9), b"abc").await.unwrap(), b"abc");
-        assert_eq!(decode(Framing::Close, b"abcdefgh").await.unwrap(), b"abcdefgh");
+        assert_eq!(
+            decode(Framing::Close, b"abcdefgh").await.unwrap(),
+            b"abcdefgh"
+        );
     }
 
     #[test]
@@ -908,10 +919,20 @@ mod tests {
                 .collect(),
         };
         let e = check_status(&head(401, &[]), "u", "/p").unwrap_err();
-        assert!(!e.is_transient() && e.to_string().contains("administrator"), "{e}");
+        assert!(
+            !e.is_transient() && e.to_string().contains("administrator"),
+            "{e}"
+        );
         let e = check_status(&head(302, &[("Location", "https://evil/")]), "u", "/p").unwrap_err();
-        assert!(!e.is_transient() && e.to_string().contains("not followed"), "{e}");
-        assert!(check_status(&head(503, &[]), "u", "/p").unwrap_err().is_transient());
+        assert!(
+            !e.is_transient() && e.to_string().contains("not followed"),
+            "{e}"
+        );
+        assert!(
+            check_status(&head(503, &[]), "u", "/p")
+                .unwrap_err()
+                .is_transient()
+        );
         assert!(check_status(&head(200, &[]), "u", "/p").is_ok());
     }
 
@@ -926,7 +947,10 @@ mod tests {
             read_timeout: Duration::from_secs(1),
         };
         let s = format!("{t:?}");
-        assert!(!s.contains("very-secret-token") && s.contains("http://[::1]:8123"), "{s}");
+        assert!(
+            !s.contains("very-secret-token") && s.contains("http://[::1]:8123"),
+            "{s}"
+        );
         assert_eq!(t.host_header(), "[::1]:8123");
     }
 }
