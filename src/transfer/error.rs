@@ -167,10 +167,6 @@ pub enum TransferError {
         source: std::io::Error,
     },
 
-    /// The first entry of a remote tar archive is not what was asked for.
-    #[error("{path}: {reason}")]
-    TarMember { path: String, reason: String },
-
     /// The HTTPS server could not be reached (name, port, TCP), or the connection dropped mid-download.
     #[error(
         "cannot download {url}: {message}; check that Home Assistant is up and reachable at that address"

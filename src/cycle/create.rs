@@ -1,0 +1,107 @@
+//! Create: ask Home Assistant for a backup (modern `backup/generate`, legacy blocking generate, or the
+//! recipe's service calls in [`super::service_mode`]) and record its id in the store's ledger before
+//! anything else happens to it.
+
+use jiff::Timestamp;
+use serde_json::json;
+use tracing::info;
+
+use super::{At, Context, CycleError, Made, Step};
+use crate::config::BackupMode;
+use crate::ha::{BackupApi, GenerateRequest, Install, Subscription};
+use crate::store::{Ledger, LedgerEntry, safe_component};
+
+impl Context {
+    pub(super) async fn create(
+        &self,
+        api: BackupApi,
+        agent: Option<String>,
+        sub: Option<&mut Subscription>,
+    ) -> Result<Made, CycleError> {
+        // Events of earlier jobs (one that was running when the cycle started) must not be taken for
+        // ours: the manager was idle when this was called, so what is buffered is history.
+        if let Some(sub) = sub {
+            let old = sub.drain();
+            if !old.is_empty() {
+                info!(
+                    events = old.len(),
+                    "discarding backup events from before this cycle's backup"
+                );
+            }
+        }
+        let made = match (self.settings.mode, api) {
+            (BackupMode::Api, BackupApi::Modern) => self.generate(agent).await?,
+            (BackupMode::Api, BackupApi::Legacy { .. }) => {
+                info!(
+                    path = "legacy backup/generate",
+                    "this Home Assistant has the legacy backup API (no events); its backup/generate blocks until the backup is made"
+                );
+                let b = (self
+                    .client
+                    .legacy_backup_generate(self.settings.timeout)
+                    .await)
+                    .at(Step::Create)?;
+                Made::listed(b, None)
+            }
+            (BackupMode::Service, _) => {
+                let mut made = self.create_by_services().await?;
+                made.agent = agent;
+                made
+            }
+        };
+        let id = safe_component(&made.backup_id).map_err(|e| {
+            CycleError::refused(
+                Step::Create,
+                format!("Home Assistant gave an unusable backup id: {e}"),
+            )
+        })?;
+        if made.job_id.is_some() {
+            // Only backup ids go into the ledger; the job becomes one once identified (Await).
+            self.record("backup.created", json!({"job_id": id})).await?;
+            return Ok(made);
+        }
+        Ledger::remember(self.store.root(), LedgerEntry::Made, &id).map_err(|e| {
+            CycleError::refused(
+                Step::Create,
+                format!("cannot record the new backup id in the store: {e}"),
+            )
+        })?;
+        self.record("backup.created", json!({"backup_id": id}))
+            .await?;
+        Ok(made)
+    }
+
+    async fn generate(&self, agent: Option<String>) -> Result<Made, CycleError> {
+        let name = self.backup_name();
+        let agent = agent.unwrap_or_else(|| "backup.local".into());
+        info!(path = "backup/generate", %name, %agent, "asking Home Assistant for a backup");
+        let requested_at = Timestamp::now();
+        let job = self
+            .client
+            .backup_generate(&GenerateRequest {
+                agent_ids: vec![agent.clone()],
+                name: Some(name.clone()),
+                include_database: Some(self.settings.include_database),
+                password: self.settings.password.clone(),
+            })
+            .await
+            .at(Step::Create)?;
+        // On a Supervisor install the answer is a Supervisor job id, not the backup id.
+        let supervisor = Install::of_agent(&agent) == Install::Supervisor;
+        Ok(Made {
+            job_id: supervisor.then(|| job.clone()),
+            backup_id: job,
+            requested_at: Some(requested_at),
+            agent: Some(agent),
+            requested_name: Some(name),
+            backup: None,
+        })
+    }
+
+    fn backup_name(&self) -> String {
+        let now = Timestamp::now().to_zoned(self.settings.timezone.clone());
+        self.settings
+            .name_template
+            .replace("{date}", &now.strftime("%Y-%m-%d %H.%M").to_string())
+    }
+}
