@@ -298,3 +298,161 @@ async fn a_wrong_token_over_http_is_refused_without_retrying() {
     // The backup stays in HA: nothing is deleted without a local copy.
     assert_eq!(ha_ids(&rig.sim).len(), 1);
 }
+
+fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args([
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+        ])
+        .arg(format!("/CN={name}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{name}"))
+        // A self-signed server certificate must not claim to be a CA (webpki refuses that).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl must be installed for the TLS tests");
+    assert!(status.success());
+    (cert, key)
+}
+
+/// An HTTPS server that answers every request with `response` and closes.
+async fn https_server(cert: &Path, key: &Path, response: Vec<u8>) -> u16 {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let response = Arc::new(response);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, response) = (acceptor.clone(), response.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls.write_all(&response).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+fn https_target(host: &str, port: u16, ca_file: &Path) -> HttpTarget {
+    HttpTarget {
+        tls: Some(Arc::new(hapull::ha::tls_config(Some(ca_file)).unwrap())),
+        host: host.into(),
+        port,
+        token: Secret::new("tls-token"),
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_downloads_with_ca_file_and_refuses_a_certificate_for_another_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "localhost");
+    let body = b"0123456789abcdef".repeat(1000);
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nETag: \"x\"\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(&body);
+    let port = https_server(&cert, &key, response).await;
+    let opts = PullOptions {
+        retry_budget: 3,
+        min_backoff: Duration::from_millis(10),
+        free_space_margin: 0,
+        ..PullOptions::default()
+    };
+
+    // The name the certificate was issued for, trusted through ca_file: the bytes arrive intact.
+    let local = dir.path().join("ok.tar");
+    let ok = hapull::transfer::download(
+        &https_target("localhost", port, &cert),
+        "/api/backup/download/abc?agent_id=backup.local",
+        &local,
+        &opts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&local).unwrap(), body);
+    assert_eq!(ok.size, body.len() as u64);
+
+    // Another name for the same server: refused at once, with what to change.
+    let local = dir.path().join("mismatch.tar");
+    let err = hapull::transfer::download(
+        &https_target("127.0.0.1", port, &cert),
+        "/api/backup/download/abc?agent_id=backup.local",
+        &local,
+        &opts,
+    )
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(!err.is_transient(), "{text}");
+    assert!(text.contains("not issued for this host name"), "{text}");
+    assert!(
+        text.contains("home_assistant.url") && text.contains("ca_file"),
+        "{text}"
+    );
+    assert!(!local.exists() && !dir.path().join("mismatch.tar.partial").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "localhost");
+    let response =
+        b"HTTP/1.1 302 Found\r\nLocation: https://elsewhere.example/steal\r\nContent-Length: 0\r\n\r\n"
+            .to_vec();
+    let port = https_server(&cert, &key, response).await;
+    let err = hapull::transfer::download(
+        &https_target("localhost", port, &cert),
+        "/api/backup/download/abc",
+        &dir.path().join("r.tar"),
+        &PullOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(!err.is_transient(), "{text}");
+    assert!(
+        text.contains("not followed") && text.contains("elsewhere.example"),
+        "{text}"
+    );
+}
