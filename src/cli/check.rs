@@ -203,9 +203,8 @@ async fn check_services(cfg: &Config, client: &Client, report: &mut Report) {
 /// Turns a backup API error into advice.
 fn explain_backup_error(e: &HaError) -> String {
     match e.code() {
-        Some("unauthorized") => format!(
-            "{e} — the token's user is not an administrator; the backup API needs an admin user's long-lived access token"
-        ),
+        // The error itself says what to do.
+        Some("unauthorized") => e.to_string(),
         Some("unknown_command") => {
             format!(
                 "{e} — the backup integration is not loaded; add `backup:` to configuration.yaml and restart Home Assistant"
