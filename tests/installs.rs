@@ -456,3 +456,40 @@ async fn a_redirect_is_never_followed() {
         "{text}"
     );
 }
+
+#[test]
+fn demo_supervisor_runs_full_cycles_over_sftp_and_http() {
+    for extra in [&[][..], &["--http"][..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hapull"))
+            .args([
+                "demo",
+                "--supervisor",
+                "--cycles",
+                "2",
+                "--size-mib",
+                "1",
+                "--dir",
+            ])
+            .arg(dir.path().join("demo"))
+            .args(extra)
+            .env("HAPULL_CONFIG", "/nonexistent/hapull.toml")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{extra:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert_eq!(stdout.matches("demo:   committed ").count(), 2, "{stdout}");
+        assert_eq!(stdout.matches("deleted backup ").count(), 1, "{stdout}");
+        assert!(
+            stdout.contains("still in Home Assistant, untouched"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("chain intact"), "{stdout}");
+        let config = std::fs::read_to_string(dir.path().join("demo/hapull.toml")).unwrap();
+        assert_eq!(config.contains("[ssh]"), extra.is_empty(), "{config}");
+    }
+}
