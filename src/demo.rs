@@ -10,41 +10,21 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
+use hapull::cli::DemoArgs;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey};
 
-use super::{EXIT_FAILED, EXIT_OK, Global};
-use crate::service;
-use crate::sim::sftp_server::{SftpServer, SftpServerOptions};
-use crate::sim::{Sim, SimOptions, SimVersion};
+use hapull::cli::{EXIT_FAILED, EXIT_OK};
+use hapull::service;
+use hapull_sim::sftp_server::{SftpServer, SftpServerOptions};
+use hapull_sim::{Sim, SimOptions, SimVersion};
 
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Folder to work in (default: a new folder under the system's temporary directory).
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
-    /// How many cycles to run.
-    #[arg(long, default_value_t = 3)]
-    pub cycles: u32,
-    /// Size of the simulated configuration in each backup, in MiB (random data, so it does not compress).
-    #[arg(long, default_value_t = 8)]
-    pub size_mib: u64,
-    /// Imitate Home Assistant OS / Supervised instead of Core: agent hassio.local, Supervisor job ids,
-    /// archives with add-on and folder members, and an add-on update's backup hapull must not touch.
-    #[arg(long)]
-    pub supervisor: bool,
-    /// Fetch archives through Home Assistant's own download ([transfer] via = "http") instead of SFTP.
-    #[arg(long)]
-    pub http: bool,
-}
-
-pub async fn run(_global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = match args.dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!(
@@ -133,10 +113,10 @@ pub async fn run(_global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         demo_config(&sim.url(), sftp.as_ref().map(|s| s.addr().port())),
     )?;
     say(&format!("config written to {}", config_path.display()));
-    let cfg = crate::config::load(&config_path)?.config;
+    let cfg = hapull::config::load(&config_path)?.config;
 
     let audit = service::open_audit(&cfg).await?;
-    let client = super::connect(&cfg, true).await?;
+    let client = hapull::cli::connect(&cfg, true).await?;
     let ctx = service::context(&cfg, client, audit.clone(), false).await?;
 
     let mut committed = 0;
@@ -212,7 +192,7 @@ pub async fn run(_global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let audit_path = dir.join("audit.jsonl");
-    let chain = crate::audit::verify_path(&audit_path, false)?;
+    let chain = hapull::audit::verify_path(&audit_path, false)?;
     say(&format!(
         "audit log {}: {} records, chain {}",
         audit_path.display(),

@@ -4,21 +4,19 @@
 //! What a user would check: the store holds backup ids (never job ids), HA keeps exactly `keep_on_ha`
 //! of hapull's backups and every backup someone else made, and a cut download still commits.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::sshd::Sshd;
 use hapull::audit::{AuditLog, AuditOptions};
 use hapull::config::{BackupMode, VerifyLevel};
 use hapull::cycle::{Context, Settings, Source};
 use hapull::ha::{Client, ClientOptions, Endpoint};
 use hapull::secret::Secret;
-use hapull::sim::{Sim, SimOptions, SimVersion};
 use hapull::store::{RetentionPolicy, Store};
 use hapull::transfer::{HostKeyPolicy, HttpTarget, PullOptions, SshTarget};
-use support::sshd::Sshd;
+use hapull_sim::{Sim, SimOptions, SimVersion};
 
 struct Rig {
     sim: Sim,
