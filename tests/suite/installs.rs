@@ -491,3 +491,39 @@ fn demo_supervisor_runs_full_cycles_over_sftp_and_http() {
         assert_eq!(config.contains("[ssh]"), extra.is_empty(), "{config}");
     }
 }
+
+#[test]
+fn init_for_home_assistant_os_writes_an_http_config_without_ssh() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hapull"))
+        .args([
+            "init",
+            "--install",
+            "os",
+            "--ha-url",
+            "https://ha.example:8123",
+            "--dir",
+        ])
+        .arg(dir.path().join("etc"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Home Assistant OS") && stdout.contains("Nothing else to install"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sshd_config"), "{stdout}");
+    let cfg = hapull::config::load(&dir.path().join("etc/hapull.toml"))
+        .unwrap()
+        .config;
+    assert_eq!(cfg.transfer.via, hapull::config::Via::Http);
+    assert!(cfg.ssh.is_none(), "[ssh] is commented out");
+    assert_eq!(cfg.home_assistant.endpoint.host(), "ha.example");
+}
