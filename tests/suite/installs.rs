@@ -520,6 +520,7 @@ fn init_for_home_assistant_os_writes_an_http_config_without_ssh() {
         "{stdout}"
     );
     assert!(!stdout.contains("sshd_config"), "{stdout}");
+    std::fs::write(dir.path().join("etc/ha_token"), "t\n").unwrap();
     let cfg = hapull::config::load(&dir.path().join("etc/hapull.toml"))
         .unwrap()
         .config;
