@@ -502,6 +502,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_local_agent_is_asked_not_assumed() {
+        let agents = |ids: &[&str]| -> Vec<AgentInfo> {
+            ids.iter()
+                .map(|id| AgentInfo {
+                    agent_id: id.to_string(),
+                    name: String::new(),
+                })
+                .collect()
+        };
+        let core = agents(&["backup.local", "cloud.cloud"]);
+        let os = agents(&["hassio.local", "hassio.nas", "cloud.cloud"]);
+        assert_eq!(choose_local_agent(&core, None).unwrap(), "backup.local");
+        assert_eq!(choose_local_agent(&os, None).unwrap(), "hassio.local");
+        assert_eq!(
+            choose_local_agent(&os, Some("hassio.nas")).unwrap(),
+            "hassio.nas"
+        );
+        let e = choose_local_agent(&core, Some("hassio.local")).unwrap_err();
+        assert!(e.contains("backup.local, cloud.cloud"), "{e}");
+        let e = choose_local_agent(&agents(&["cloud.cloud"]), None).unwrap_err();
+        assert!(
+            e.contains("backup.agent_id") && e.contains("cloud.cloud"),
+            "{e}"
+        );
+        assert_eq!(Install::of_agent("hassio.local"), Install::Supervisor);
+        assert_eq!(Install::of_agent("backup.local"), Install::Core);
+    }
+
+    #[test]
+    fn a_supervisor_backup_says_where_its_copy_is_and_when_it_was_asked_for() {
+        let v = json!({"backup_id": "5f2a9c1e", "name": "hapull x", "date": "2026-11-26T09:07:40.5+00:00",
+            "extra_metadata": {"instance_id": "abc", "supervisor.backup_request_date": "2026-11-26T10:07:39.253410+01:00"},
+            "agents": {"hassio.local": {"protected": true, "size": 4096}, "hassio.nas": {"protected": false, "size": 4000}}});
+        let b = Backup::from_value(&v).unwrap();
+        assert_eq!((b.size, b.protected), (Some(4096), true));
+        assert_eq!(b.on_agent("hassio.nas"), Some((Some(4000), false)));
+        assert_eq!(b.on_agent("backup.local"), None);
+        assert_eq!(b.instance_id(), Some("abc"));
+        assert_eq!(b.request_date(), Some("2026-11-26T10:07:39.253410+01:00"));
+    }
+
+    #[test]
     fn parses_every_event_shape_ha_sends() {
         let cases = [
             (
