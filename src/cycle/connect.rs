@@ -8,6 +8,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::{At, Context, CycleError, Source, Step};
+use crate::audit::Kind;
 use crate::ha::{BackupApi, Install, Subscription, choose_local_agent};
 use crate::transfer::Session;
 
@@ -34,7 +35,7 @@ impl Context {
             BackupApi::Legacy { .. } => "legacy",
         };
         self.record(
-            "cycle.connected",
+            Kind::CycleConnected,
             json!({"ha_version": self.client.ha_version(), "backup_api": api_name, "agent": agent}),
         )
         .await?;
@@ -67,7 +68,10 @@ impl Context {
                 return Err(CycleError::Timeout {
                     step: Step::Connect,
                     after: self.settings.blocked_timeout,
-                    what: format!("Home Assistant's backup manager stayed {:?}", info.state),
+                    what: format!(
+                        "Home Assistant's backup manager stayed \"{}\"",
+                        info.state.escape_debug()
+                    ),
                 });
             }
             info!(

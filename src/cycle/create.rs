@@ -7,6 +7,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::{At, Context, CycleError, Made, Step};
+use crate::audit::Kind;
 use crate::config::BackupMode;
 use crate::ha::{BackupApi, GenerateRequest, Install, Subscription};
 use crate::store::{Ledger, LedgerEntry, safe_component};
@@ -57,7 +58,7 @@ impl Context {
         })?;
         if made.job_id.is_some() {
             // Only backup ids go into the ledger; the job becomes one once identified (Await).
-            self.record("backup.created", json!({"job_id": id})).await?;
+            self.record(Kind::BackupCreated, json!({"job_id": id})).await?;
             return Ok(made);
         }
         Ledger::remember(self.store.root(), LedgerEntry::Made, &id).map_err(|e| {
@@ -66,7 +67,7 @@ impl Context {
                 format!("cannot record the new backup id in the store: {e}"),
             )
         })?;
-        self.record("backup.created", json!({"backup_id": id}))
+        self.record(Kind::BackupCreated, json!({"backup_id": id}))
             .await?;
         Ok(made)
     }

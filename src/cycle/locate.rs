@@ -7,6 +7,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{At, Context, CycleError, Made, Source, Step};
+use crate::audit::Kind;
 use crate::ha::{BackupApi, Install};
 use crate::store::{self, ArchiveError, BackupJson, MAX_BACKUP_JSON, safe_component};
 use crate::transfer::Session;
@@ -32,7 +33,7 @@ impl Context {
             };
             info!(remote = %path, "archive located (Home Assistant's download)");
             self.record(
-                "archive.located",
+                Kind::ArchiveLocated,
                 json!({"backup_id": made.backup_id, "remote": path}),
             )
             .await?;
@@ -68,7 +69,7 @@ impl Context {
         let path = result?;
         info!(remote = %path, "archive located");
         self.record(
-            "archive.located",
+            Kind::ArchiveLocated,
             json!({"backup_id": made.backup_id, "remote": path}),
         )
         .await?;

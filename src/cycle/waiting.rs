@@ -13,6 +13,7 @@ use tokio::time::timeout_at;
 use tracing::{info, warn};
 
 use super::{At, Context, CycleError, Made, Step};
+use crate::audit::Kind;
 use crate::config::BackupMode;
 use crate::ha::{Backup, BackupApi, BackupEvent, BackupState, HaError, SubItem, Subscription};
 use crate::store::{Ledger, LedgerEntry, safe_component};
@@ -27,7 +28,7 @@ impl Context {
         let (BackupApi::Modern, BackupMode::Api, Some(sub)) = (api, self.settings.mode, sub) else {
             // Legacy generate and backup.create block until the backup is finished.
             self.record(
-                "backup.completed",
+                Kind::BackupCompleted,
                 json!({"backup_id": made.backup_id, "how": "blocking call returned"}),
             )
             .await?;
@@ -42,8 +43,14 @@ impl Context {
                         step: Step::Await,
                         after: self.settings.timeout,
                         what: format!(
-                            "backup {} did not complete (last stage {stage:?}); nothing was deleted",
-                            made.backup_id
+                            "backup {} did not complete (last stage {}); nothing was deleted",
+                            made.backup_id,
+                            stage
+                                .as_deref()
+                                .map_or("unknown".to_string(), |s: &str| format!(
+                                    "\"{}\"",
+                                    s.escape_debug()
+                                ))
                         ),
                     });
                 }
@@ -63,7 +70,7 @@ impl Context {
                     }) => {
                         let reason = reason.unwrap_or_else(|| "no reason given".into());
                         self.record(
-                            "backup.failed",
+                            Kind::BackupFailed,
                             json!({"backup_id": made.backup_id, "reason": reason}),
                         )
                         .await?;
@@ -125,7 +132,7 @@ impl Context {
             None => self.find_by_name_after_job(&made).await?,
         };
         self.record(
-            "backup.completed",
+            Kind::BackupCompleted,
             json!({"backup_id": made.backup_id, "size": made.backup.as_ref().and_then(|b| b.size)}),
         )
         .await?;
@@ -238,7 +245,7 @@ impl Context {
         })?;
         info!(job_id = %job, backup_id = %id, how, "backup identified");
         self.record(
-            "backup.identified",
+            Kind::BackupIdentified,
             json!({"job_id": job, "backup_id": id, "how": how}),
         )
         .await?;
@@ -254,7 +261,8 @@ impl Context {
     /// backups).
     async fn find_by_name_after_job(&self, made: &Made) -> Result<Made, CycleError> {
         let info = self.client.backup_info().await.at(Step::Await)?;
-        let ledger = Ledger::read(self.store.root());
+        let ledger = Ledger::read(self.store.root())
+            .map_err(|e| CycleError::refused(Step::Await, e.to_string()))?;
         // Our instance: the one that made hapull's earlier backups, when HA says.
         let instance = (info.backups.iter())
             .filter(|b| ledger.made(&b.backup_id))
