@@ -58,7 +58,8 @@ impl Context {
         })?;
         if made.job_id.is_some() {
             // Only backup ids go into the ledger; the job becomes one once identified (Await).
-            self.record(Kind::BackupCreated, json!({"job_id": id})).await?;
+            self.record(Kind::BackupCreated, json!({"job_id": id}))
+                .await?;
             return Ok(made);
         }
         Ledger::remember(self.store.root(), LedgerEntry::Made, &id).map_err(|e| {
