@@ -1,7 +1,7 @@
 //! One backup cycle, as an explicit sequence of named steps:
 //!
 //! ```text
-//! Connect -> Create -> Await -> Locate -> Pull -> Commit -> CleanUpHa -> Retention
+//! Connect -> Create -> Await -> Locate -> Pull -> Commit -> CleanUpHa -> Retention -> Offsite
 //! ```
 //!
 //! Each step is a function with a tracing span and an audit record. This is the only place that knows
@@ -14,6 +14,8 @@
 //! Everything Home Assistant says is untrusted: ids and names are validated before they become a path,
 //! remote paths are always `remote_dir/<validated file name>`, and the archive must prove (its
 //! `backup.json` slug) that it is the backup it claims to be.
+
+mod offsite;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -51,6 +53,7 @@ pub enum Step {
     Commit,
     CleanUpHa,
     Retention,
+    Offsite,
 }
 
 impl Step {
@@ -64,6 +67,7 @@ impl Step {
             Step::Commit => "commit",
             Step::CleanUpHa => "cleanup_ha",
             Step::Retention => "retention",
+            Step::Offsite => "offsite",
         }
     }
 }
@@ -143,6 +147,8 @@ pub struct Context {
     pub store: Arc<Store>,
     pub audit: Option<AuditLog>,
     pub settings: Settings,
+    /// `[[offsite]]` targets (none: no offsite step).
+    pub offsite: Vec<crate::offsite::Target>,
 }
 
 /// What a committed cycle produced.
@@ -155,6 +161,8 @@ pub struct Report {
     pub pruned: Vec<String>,
     pub duration: Duration,
     pub api: BackupApi,
+    /// One report per offsite target.
+    pub offsite: Vec<crate::offsite::TargetReport>,
 }
 
 /// Where the backup HA made lives and what HA said about it.
@@ -274,6 +282,7 @@ impl Context {
             .instrument(info_span!("cleanup_ha"))
             .await?;
         let pruned = self.retention().instrument(info_span!("retention")).await?;
+        let offsite = self.offsite().await?;
         Ok(Report {
             backup_id: made.backup_id,
             archive,
@@ -282,6 +291,7 @@ impl Context {
             pruned,
             duration: started.elapsed(),
             api,
+            offsite,
         })
     }
 

@@ -65,7 +65,7 @@ pub mod state;
 pub mod status;
 
 pub use clock::Clock;
-pub use metrics::{CycleReport, Metrics, Outcome};
+pub use metrics::{CycleReport, Metrics, OffsiteValues, Outcome};
 pub use notify::{Method, Notifier, NotifyError, WebhookClient, WebhookUrl};
 pub use schedule::{Schedule, ScheduleError};
 pub use scheduler::{RunGuard, RunReason, Scheduler, Tick};

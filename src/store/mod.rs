@@ -48,7 +48,7 @@ pub use archive::{
 pub use names::{MAX_COMPONENT_BYTES, NameError, safe_component, sanitize_for_filename};
 pub use retention::{Decision, RetentionPolicy, plan};
 
-use archive::{hash_file, hex};
+pub(crate) use archive::{hash_file, hex};
 
 /// Name of the checksum file at the store root.
 pub const SUMS_FILE: &str = "SHA256SUMS";
