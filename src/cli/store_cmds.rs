@@ -215,7 +215,7 @@ async fn list_offsite(cfg: &crate::config::Config, as_json: bool) -> anyhow::Res
                 eprintln!(
                     "hapull: offsite {}: cannot list {}: {e}",
                     t.name(),
-                    t.config.remote
+                    t.shown_remote()
                 );
                 failed = true;
                 None
@@ -257,7 +257,7 @@ async fn list_offsite(cfg: &crate::config::Config, as_json: bool) -> anyhow::Res
         }
         rows.sort_by(|a, b| b["pulled_at"].as_str().cmp(&a["pulled_at"].as_str()));
         if !as_json {
-            println!("offsite {} ({}):", t.name(), t.config.remote);
+            println!("offsite {} ({}):", t.name(), t.shown_remote());
             println!(
                 "  {:<10} {:<6} {:<22} {:>12}  PATH",
                 "ID", "LOCAL", "OFFSITE", "SIZE"
@@ -285,7 +285,7 @@ async fn list_offsite(cfg: &crate::config::Config, as_json: bool) -> anyhow::Res
                 );
             }
         }
-        out.push(json!({"target": t.name(), "remote": t.config.remote, "last_success": ledger.last_success, "archives": rows}));
+        out.push(json!({"target": t.name(), "remote": t.shown_remote(), "last_success": ledger.last_success, "archives": rows}));
     }
     if as_json {
         println!(

@@ -211,6 +211,8 @@ pub enum CheckLevel {
 pub struct Target {
     pub config: TargetConfig,
     rclone: Rclone,
+    /// The remote as shown in logs, errors and the audit log (a connection string's secrets blanked).
+    shown_remote: String,
 }
 
 impl Target {
@@ -224,7 +226,22 @@ impl Target {
             config.timeout,
             redactor,
         );
-        Target { config, rclone }
+        let shown_remote = rclone.redactor().redact(&config.remote);
+        Target {
+            config,
+            rclone,
+            shown_remote,
+        }
+    }
+
+    /// The remote, safe to show.
+    pub fn shown_remote(&self) -> &str {
+        &self.shown_remote
+    }
+
+    /// A remote path, safe to show.
+    fn shown(&self, relative: &str) -> String {
+        self.rclone.redactor().redact(&self.remote_path(relative))
     }
 
     pub fn name(&self) -> &str {
@@ -247,7 +264,7 @@ impl Target {
 
     fn load_ledger(&self, store: &Store) -> Result<Ledger, OffsiteError> {
         let path = self.ledger_path(store);
-        Ledger::load(&path, &self.config.remote)
+        Ledger::load(&path, &self.shown_remote)
             .map_err(|source| OffsiteError::Ledger { path, source })
     }
 
@@ -273,7 +290,7 @@ impl Target {
     ) -> TargetReport {
         let mut report = TargetReport {
             name: self.config.name.clone(),
-            remote: self.config.remote.clone(),
+            remote: self.shown_remote.clone(),
             fail_cycle: self.config.fail_cycle,
             ..TargetReport::default()
         };
@@ -320,12 +337,12 @@ impl Target {
             let id = archive.manifest.backup_id.clone();
             match self.upload_and_prove(store, archive, &method).await {
                 Ok(copy) => {
-                    info!(target = %name, backup_id = %id, remote = %self.remote_path(&copy.relative_path),
+                    info!(target = %name, backup_id = %id, remote = %self.shown(&copy.relative_path),
                           proof = %copy.proof, "offsite copy proven");
                     record(
                         audit,
                         "offsite.proven",
-                        json!({"target": name, "backup_id": id, "remote": self.remote_path(&copy.relative_path),
+                        json!({"target": name, "backup_id": id, "remote": self.shown(&copy.relative_path),
                                "size": copy.manifest.size, "sha256": copy.manifest.sha256,
                                "proof": copy.proof, "proof_value": copy.proof_value}),
                     )
@@ -450,7 +467,7 @@ impl Target {
                 Err(OffsiteError::Mismatch { detail, .. }) => {
                     // A stale or damaged file of the same size and time is skipped by rclone's
                     // own comparison: upload once more unconditionally, then prove again.
-                    warn!(remote = %dest, %detail, "remote copy differs; uploading it again");
+                    warn!(remote = %self.shown(rel), %detail, "remote copy differs; uploading it again");
                     self.rclone.copy_to(path, &dest, true).await?;
                     self.prove(path, rel, *size, sha, method).await?
                 }
@@ -478,7 +495,7 @@ impl Target {
         sha256: &str,
         method: &ProofMethod,
     ) -> Result<(String, String), OffsiteError> {
-        let remote_path = self.remote_path(relative);
+        let shown = self.shown(relative);
         let (dir, file) = match relative.rsplit_once('/') {
             Some((d, f)) => (self.remote_path(d), f),
             None => (self.config.remote.clone(), relative),
@@ -496,11 +513,11 @@ impl Target {
             .iter()
             .find(|e| e.path == file && !e.is_dir)
             .ok_or_else(|| OffsiteError::Missing {
-                remote_path: remote_path.clone(),
+                remote_path: shown.clone(),
             })?;
         if u64::try_from(entry.size).ok() != Some(size) {
             return Err(OffsiteError::Mismatch {
-                remote_path,
+                remote_path: shown,
                 detail: format!("remote size {} bytes, local {size}", entry.size),
             });
         }
@@ -514,7 +531,7 @@ impl Target {
             };
             if !remote_hash.eq_ignore_ascii_case(&local_hash) {
                 return Err(OffsiteError::Mismatch {
-                    remote_path,
+                    remote_path: shown,
                     detail: format!("remote {h} {remote_hash}, local {local_hash}"),
                 });
             }
@@ -522,11 +539,14 @@ impl Target {
         }
         // No hash from the remote (the backend has none, or none for this file).
         if self.config.download_back {
-            let (n, sha) = self.rclone.download_sha256(&remote_path).await?;
+            let (n, sha) = self
+                .rclone
+                .download_sha256(&self.remote_path(relative))
+                .await?;
             let got = store::hex(&sha);
             if n != size || got != sha256 {
                 return Err(OffsiteError::Mismatch {
-                    remote_path,
+                    remote_path: shown,
                     detail: format!(
                         "read back {n} bytes with SHA-256 {got}, local {size} bytes {sha256}"
                     ),
@@ -586,8 +606,12 @@ impl Target {
             return Ok(());
         }
         for c in doomed {
-            let tar = self.remote_path(&c.relative_path);
-            let outcome = match self.rclone.delete_file(&tar).await {
+            let tar = self.shown(&c.relative_path);
+            let outcome = match self
+                .rclone
+                .delete_file(&self.remote_path(&c.relative_path))
+                .await
+            {
                 Ok(()) => {
                     self.rclone
                         .delete_file(&self.remote_path(&manifest_relative(&c.relative_path)))
@@ -682,7 +706,7 @@ impl Target {
                 CheckLevel::Ok,
                 format!(
                     "{} is reachable ({} file(s) at its top)",
-                    self.config.remote,
+                    self.shown_remote,
                     files.len()
                 ),
             )),
@@ -690,13 +714,13 @@ impl Target {
                 CheckLevel::Ok,
                 format!(
                     "{} is reachable (the folder does not exist yet; the first upload makes it)",
-                    self.config.remote
+                    self.shown_remote
                 ),
             )),
             Err(e) => {
                 out.push((
                     CheckLevel::Fail,
-                    format!("{} is not reachable: {e}", self.config.remote),
+                    format!("{} is not reachable: {e}", self.shown_remote),
                 ));
                 return out;
             }
@@ -727,8 +751,12 @@ impl Target {
         let sha = store::hex(
             aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, content.as_bytes()).as_ref(),
         );
-        let remote = self.remote_path(&probe_name);
-        match self.rclone.copy_to(&local, &remote, false).await {
+        let remote = self.shown(&probe_name);
+        match self
+            .rclone
+            .copy_to(&local, &self.remote_path(&probe_name), false)
+            .await
+        {
             Ok(()) => {
                 out.push((CheckLevel::Ok, format!("writable (test file {remote})")));
                 match self
@@ -754,7 +782,7 @@ impl Target {
                         format!("proof {}: {e}", proof_name(&method)),
                     )),
                 }
-                match self.rclone.delete_file(&remote).await {
+                match self.rclone.delete_file(&self.remote_path(&probe_name)).await {
                     Ok(()) => out.push((CheckLevel::Ok, "deletions allowed: offsite retention deletes what hapull uploaded and its rules drop".into())),
                     Err(Ok(reason)) => out.push((CheckLevel::Warn, format!(
                         "deletions refused ({reason}): a write-only target; retention's deletions are reported, not done, and the test file {remote} stays (delete it with the storage's own tools)"))),

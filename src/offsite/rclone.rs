@@ -186,6 +186,8 @@ impl Rclone {
 
     /// Runs rclone to the end (or the deadline) and returns its stdout, or how it failed.
     async fn run(&self, what: &str, args: Vec<OsString>) -> Result<Vec<u8>, RunError> {
+        // `what` names remote paths, and a connection-string remote carries its credentials.
+        let what = &self.redactor.redact(what);
         let child = self
             .command(&args)
             .spawn()
@@ -222,9 +224,9 @@ impl Rclone {
         }
     }
 
-    fn failed(what: &str, f: Failure) -> OffsiteError {
+    fn failed(&self, what: &str, f: Failure) -> OffsiteError {
         OffsiteError::Rclone {
-            what: what.to_string(),
+            what: self.redactor.redact(what),
             detail: format!(
                 "rclone exited with {}: {}",
                 f.exit_code
@@ -237,7 +239,7 @@ impl Rclone {
     async fn run_ok(&self, what: &str, args: Vec<OsString>) -> Result<Vec<u8>, OffsiteError> {
         self.run(what, args).await.map_err(|e| match e {
             RunError::Setup(e) => e,
-            RunError::Failed(f) => Self::failed(what, f),
+            RunError::Failed(f) => self.failed(what, f),
         })
     }
 
@@ -271,7 +273,9 @@ impl Rclone {
             #[serde(rename = "Hashes", default)]
             hashes: Vec<String>,
         }
-        let what = format!("rclone backend features {remote}");
+        let what = self
+            .redactor
+            .redact(&format!("rclone backend features {remote}"));
         let out = self
             .run_ok(
                 &what,
@@ -323,7 +327,7 @@ impl Rclone {
             args.push(h.into());
         }
         args.push(dir.into());
-        let what = format!("listing {dir}");
+        let what = self.redactor.redact(&format!("listing {dir}"));
         match self.run(&what, args).await {
             Ok(out) => serde_json::from_slice(&out)
                 .map(Some)
@@ -333,7 +337,7 @@ impl Rclone {
                 }),
             // rclone's exit code 3: directory not found.
             Err(RunError::Failed(f)) if f.exit_code == Some(3) => Ok(None),
-            Err(RunError::Failed(f)) => Err(Self::failed(&what, f)),
+            Err(RunError::Failed(f)) => Err(self.failed(&what, f)),
             Err(RunError::Setup(e)) => Err(e),
         }
     }
@@ -341,7 +345,7 @@ impl Rclone {
     /// Deletes one remote file. `Err(Ok(reason))` when the storage refused (no delete permission,
     /// object lock), `Err(Err(e))` for anything else.
     pub async fn delete_file(&self, path: &str) -> Result<(), Result<String, OffsiteError>> {
-        let what = format!("deleting {path}");
+        let what = self.redactor.redact(&format!("deleting {path}"));
         match self
             .run(&what, vec!["deletefile".into(), path.into()])
             .await
@@ -350,14 +354,16 @@ impl Rclone {
             // Exit code 4: the file is not there (gone already); nothing left to delete.
             Err(RunError::Failed(f)) if f.exit_code == Some(4) => Ok(()),
             Err(RunError::Failed(f)) if looks_refused(&f.stderr) => Err(Ok(last_line(&f.stderr))),
-            Err(RunError::Failed(f)) => Err(Err(Self::failed(&what, f))),
+            Err(RunError::Failed(f)) => Err(Err(self.failed(&what, f))),
             Err(RunError::Setup(e)) => Err(Err(e)),
         }
     }
 
     /// Reads a remote file back to the end and returns its size and SHA-256.
     pub async fn download_sha256(&self, path: &str) -> Result<(u64, [u8; 32]), OffsiteError> {
-        let what = format!("downloading {path} to check it");
+        let what = self
+            .redactor
+            .redact(&format!("downloading {path} to check it"));
         let mut child = self
             .command(&["cat".into(), path.into()])
             .spawn()
@@ -397,7 +403,7 @@ impl Rclone {
                 detail: e.to_string(),
             })?;
         if !status.success() {
-            return Err(Self::failed(
+            return Err(self.failed(
                 &what,
                 Failure {
                     exit_code: status.code(),

@@ -60,6 +60,12 @@ fn free_port() -> u16 {
 impl Sshd {
     /// Starts sshd and waits until it accepts connections. Panics (test failure) if sshd is missing.
     pub fn start() -> Sshd {
+        Sshd::start_with_sftp("internal-sftp")
+    }
+
+    /// Like [`Sshd::start`], with the sftp subsystem's command line given, e.g.
+    /// `internal-sftp -P remove,rmdir,rename,posix-rename` for an account that may write but not delete.
+    pub fn start_with_sftp(subsystem: &str) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} not found: install openssh-server (e.g. `apt-get install openssh-server`) to run these tests"
@@ -89,7 +95,7 @@ impl Sshd {
                  KbdInteractiveAuthentication no\n\
                  MaxStartups 100\n\
                  LogLevel ERROR\n\
-                 Subsystem sftp internal-sftp\n",
+                 Subsystem sftp {subsystem}\n",
                 host = host_key.display(),
                 auth = authorized.display(),
             ),
