@@ -627,3 +627,148 @@ async fn credentials_in_a_remote_never_reach_errors_or_the_audit_log() {
         .unwrap_or_default();
     assert!(!ledger.contains(&secret));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A whole cycle, and what `hapull list --offsite` shows
+
+mod cycle_rig {
+    use super::*;
+    use hapull::config::{BackupMode, VerifyLevel};
+    use hapull::cycle::{Context, Settings};
+    use hapull::ha::{Client, ClientOptions, Endpoint};
+    use hapull::secret::Secret;
+    use hapull::sim::{Sim, SimOptions, SimVersion};
+    use hapull::transfer::{HostKeyPolicy, PullOptions, SshTarget};
+    use support::sshd::Sshd;
+
+    /// A backup cycle against the simulated Home Assistant (WebSocket side) and a real sshd, with an
+    /// `[[offsite]]` target served by `rclone serve sftp`; then the CLI lists both sides.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cycle_copies_and_proves_its_archive_offsite_and_list_shows_it() {
+        let sshd = Sshd::start();
+        let tmp = tempfile::tempdir().unwrap();
+        let ha_dir = tmp.path().join("ha");
+        std::fs::create_dir(&ha_dir).unwrap();
+        let mut opts = SimOptions::new(&ha_dir);
+        opts.version = SimVersion::Current;
+        opts.stage_duration = Duration::from_millis(50);
+        let sim = Sim::start(opts).await.unwrap();
+        let served_dir = tmp.path().join("served");
+        std::fs::create_dir(&served_dir).unwrap();
+        let server = Served::start("sftp", &served_dir);
+        let conf = sftp_conf(tmp.path(), server.port);
+        let store_dir = tmp.path().join("store");
+        let audit_path = tmp.path().join("audit.jsonl");
+        let audit =
+            hapull::audit::AuditLog::open(hapull::audit::AuditOptions::new(&audit_path, "test"))
+                .await
+                .unwrap();
+
+        let mut co = ClientOptions::new(
+            Endpoint::parse(&sim.url()).unwrap(),
+            Secret::new("sim-token"),
+            None,
+        )
+        .unwrap();
+        co.request_timeout = Duration::from_secs(10);
+        let ssh = SshTarget {
+            host: "127.0.0.1".into(),
+            port: sshd.port,
+            user: sshd.user.clone(),
+            identity_file: sshd.client_key.clone(),
+            passphrase: None,
+            host_keys: HostKeyPolicy::KnownHosts {
+                path: sshd.write_known_hosts(sshd.port),
+                trust_on_first_use: false,
+            },
+        };
+        let mut pull = PullOptions::default();
+        pull.free_space_margin = 0;
+        let ctx = Context {
+            client: Client::connect(co).await.unwrap(),
+            identity: hapull::transfer::load_identity(&ssh.identity_file, None).unwrap(),
+            ssh,
+            store: Arc::new(Store::open(&store_dir).unwrap()),
+            audit: Some(audit.clone()),
+            settings: Settings {
+                mode: BackupMode::Api,
+                shell_command: "delete_backups".into(),
+                name_template: "hapull {date}".into(),
+                include_database: true,
+                password: None,
+                keep_on_ha: 1,
+                prune_foreign: false,
+                timeout: Duration::from_secs(30),
+                blocked_timeout: Duration::from_secs(5),
+                remote_dir: sim.backup_dir().display().to_string(),
+                verify: VerifyLevel::Full,
+                retention: RetentionPolicy::default(),
+                timezone: TimeZone::UTC,
+                pull,
+            },
+            offsite: vec![Target::new(target("box", "served:ha", Some(&conf)))],
+        };
+        let report = ctx.run_cycle().await.unwrap();
+        audit.close().await.unwrap();
+        assert_eq!(report.offsite.len(), 1);
+        let o = &report.offsite[0];
+        assert!(o.ok(), "{:?}", o.failures);
+        assert_eq!(o.uploaded.len(), 1);
+        assert_eq!(o.uploaded[0].backup_id, report.backup_id);
+        assert_eq!(o.uploaded[0].proof, "sha1");
+        let remote = served_dir.join("ha").join(&report.archive.relative_path);
+        assert_eq!(sha256_file(&remote), report.archive.manifest.sha256);
+        assert_eq!(sha256_file(&remote), sha256_file(&report.archive.path));
+        let log = std::fs::read_to_string(&audit_path).unwrap();
+        assert!(
+            log.contains("\"archive.committed\"") && log.contains("\"offsite.proven\""),
+            "{log}"
+        );
+
+        // The CLI, from a config file like a user's.
+        let token = tmp.path().join("token");
+        std::fs::write(&token, "sim-token").unwrap();
+        let config = tmp.path().join("hapull.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[home_assistant]\nurl = \"{}\"\ntoken_file = \"{}\"\n\n[store]\ndir = \"{}\"\n\n\
+                 [[offsite]]\nname = \"box\"\nremote = \"served:ha\"\nconfig = \"{}\"\n",
+                sim.url(),
+                token.display(),
+                store_dir.display(),
+                conf.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_hapull"))
+            .args(["-q", "-c"])
+            .arg(&config)
+            .args(["list", "--offsite", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = &v["offsite"][0]["archives"];
+        assert_eq!(rows.as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(rows[0]["backup_id"], report.backup_id.as_str());
+        assert_eq!(rows[0]["local"], true);
+        assert_eq!(rows[0]["on_remote"], true);
+        assert_eq!(rows[0]["proven"]["proof"], "sha1");
+        let table = Command::new(env!("CARGO_BIN_EXE_hapull"))
+            .args(["-q", "-c"])
+            .arg(&config)
+            .args(["list", "--offsite"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&table.stdout);
+        assert!(
+            text.contains(&report.backup_id) && text.contains("proven (sha1)"),
+            "{text}"
+        );
+    }
+}

@@ -256,6 +256,17 @@ async fn list_offsite(cfg: &crate::config::Config, as_json: bool) -> anyhow::Res
             }));
         }
         rows.sort_by(|a, b| b["pulled_at"].as_str().cmp(&a["pulled_at"].as_str()));
+        for r in &rows {
+            if r["proven"].is_object() && r["on_remote"] == json!(false) {
+                // hapull proved this copy once; it is gone now (deleted behind hapull's back?).
+                failed = true;
+                eprintln!(
+                    "hapull: offsite {}: {} was proven there but is no longer on the remote",
+                    t.name(),
+                    r["path"].as_str().unwrap_or_default()
+                );
+            }
+        }
         if !as_json {
             println!("offsite {} ({}):", t.name(), t.shown_remote());
             println!(
