@@ -682,8 +682,10 @@ mod cycle_rig {
                 trust_on_first_use: false,
             },
         };
-        let mut pull = PullOptions::default();
-        pull.free_space_margin = 0;
+        let pull = PullOptions {
+            free_space_margin: 0,
+            ..PullOptions::default()
+        };
         let ctx = Context {
             client: Client::connect(co).await.unwrap(),
             identity: hapull::transfer::load_identity(&ssh.identity_file, None).unwrap(),
