@@ -168,6 +168,16 @@ impl Rclone {
             .stderr(Stdio::piped())
             // A timed-out or cancelled operation must not leave rclone running on.
             .kill_on_drop(true);
+        // What rclone writes on a local-path remote (a USB disk) is a backup: private, as
+        // everything hapull writes, whatever hapull's own umask.
+        // SAFETY: umask is async-signal-safe and touches no memory; it runs in the forked child
+        // before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0o077);
+                Ok(())
+            });
+        }
         cmd
     }
 
