@@ -14,6 +14,5 @@ pub mod ha;
 pub mod offsite;
 pub mod secret;
 pub mod service;
-pub mod sim;
 pub mod store;
 pub mod transfer;

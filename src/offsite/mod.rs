@@ -456,7 +456,7 @@ impl Target {
                 archive.manifest_path.as_path(),
                 manifest_rel.as_str(),
                 manifest_sha.0,
-                store::hex(&manifest_sha.1),
+                hex::encode(manifest_sha.1),
             ),
         ];
         let mut proof = None;
@@ -543,7 +543,7 @@ impl Target {
                 .rclone
                 .download_sha256(&self.remote_path(relative))
                 .await?;
-            let got = store::hex(&sha);
+            let got = hex::encode(sha);
             if n != size || got != sha256 {
                 return Err(OffsiteError::Mismatch {
                     remote_path: shown,
@@ -748,7 +748,7 @@ impl Target {
             ));
             return out;
         }
-        let sha = store::hex(
+        let sha = hex::encode(
             aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, content.as_bytes()).as_ref(),
         );
         let remote = self.shown(&probe_name);

@@ -6,8 +6,6 @@
 //!
 //! rclone must be installed (`apt-get install rclone`; `scripts/test` does it).
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -538,7 +536,10 @@ async fn nothing_is_deleted_offsite_while_the_newest_copy_is_missing_locally() {
 /// never fail the run, and are not tried again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_only_target_refusals_are_reported_once_and_never_fail() {
-    let sshd = support::sshd::Sshd::start_with_sftp("internal-sftp -P remove,rmdir");
+    let sshd = crate::support::sshd::Sshd::start_with(
+        "ed25519",
+        "Subsystem sftp internal-sftp -P remove,rmdir\n",
+    );
     let tmp = tempfile::tempdir().unwrap();
     let remote_dir = sshd.remote_dir();
     let conf = write_conf(
@@ -633,13 +634,13 @@ async fn credentials_in_a_remote_never_reach_errors_or_the_audit_log() {
 
 mod cycle_rig {
     use super::*;
+    use crate::support::sshd::Sshd;
     use hapull::config::{BackupMode, VerifyLevel};
     use hapull::cycle::{Context, Settings};
     use hapull::ha::{Client, ClientOptions, Endpoint};
     use hapull::secret::Secret;
-    use hapull::sim::{Sim, SimOptions, SimVersion};
     use hapull::transfer::{HostKeyPolicy, PullOptions, SshTarget};
-    use support::sshd::Sshd;
+    use hapull_sim::{Sim, SimOptions, SimVersion};
 
     /// A backup cycle against the simulated Home Assistant (WebSocket side) and a real sshd, with an
     /// `[[offsite]]` target served by `rclone serve sftp`; then the CLI lists both sides.

@@ -1,18 +1,16 @@
 //! The SFTP pull engine against a real OpenSSH sshd: byte-exact pulls, host-key and login refusals,
 //! resume after a dropped connection or a killed process, and the free-space preflight.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::sshd::{Sshd, generate_key};
 use hapull::cycle::peek_backup_json;
 use hapull::secret::Secret;
 use hapull::transfer::{
     self, HostKeyPolicy, PullOptions, Session, SessionOptions, SshTarget, TransferError,
 };
-use support::sshd::{Sshd, generate_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn target(sshd: &Sshd, port: u16, policy: HostKeyPolicy) -> SshTarget {
@@ -652,8 +650,11 @@ fn spawn_and_kill_child(sshd: &Sshd, src: &Path, dst: &Path) {
         dst.display().to_string(),
     ]
     .join("\n");
+    // The test's name inside this binary: its module path without the binary's own name.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let name = format!("{module}::child_pull_process");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_pull_process", "--ignored", "--nocapture"])
+        .args(["--exact", name.as_str(), "--ignored", "--nocapture"])
         .env(CHILD_ENV, spec)
         .stdout(std::process::Stdio::null())
         .spawn()
