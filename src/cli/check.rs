@@ -287,26 +287,31 @@ fn check_store(cfg: &Config, report: &mut Report) {
         );
         return;
     };
-    match crate::service::open_store(cfg) {
-        Ok(s) => {
-            let probe = s.root().join(".hapull-check");
-            match std::fs::write(&probe, b"") {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&probe);
-                    report.add(
-                        Level::Ok,
-                        "store",
-                        format!("{} is writable", store.dir.display()),
-                    );
-                }
-                Err(e) => report.add(
-                    Level::Fail,
-                    "store",
-                    format!("cannot write in {}: {e}", store.dir.display()),
-                ),
-            }
-        }
-        Err(e) => report.add(Level::Fail, "store", e.to_string()),
+    // Only a probe: a daemon may be writing this store, and repairing it belongs to its writer.
+    let probe = store.dir.join(".hapull-check");
+    let writable = crate::private_fs::create_dir_all(&store.dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe));
+    match writable {
+        Ok(()) => report.add(
+            Level::Ok,
+            "store",
+            format!("{} is writable", store.dir.display()),
+        ),
+        Err(e) => report.add(
+            Level::Fail,
+            "store",
+            format!("cannot write in {}: {e}", store.dir.display()),
+        ),
+    }
+    match crate::store::lock::StoreLock::holder(&store.dir) {
+        Ok(Some(h)) => report.add(
+            Level::Ok,
+            "store lock",
+            format!("held by {h}: `once`, `pull` and `prune` wait for it or are refused (exit 75)"),
+        ),
+        Ok(None) => {}
+        Err(e) => report.add(Level::Warn, "store lock", e.to_string()),
     }
 }
 

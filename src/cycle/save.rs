@@ -8,6 +8,7 @@ use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::{At, Context, CycleError, Made, Step};
+use crate::audit::Kind;
 use crate::config::VerifyLevel;
 use crate::store::{self, CommitInfo, Ledger, LedgerEntry, StoredArchive, Verify};
 use crate::transfer::{self, PullOutcome};
@@ -43,7 +44,7 @@ impl Context {
             .at(Step::Pull)?;
         info!(bytes = outcome.size, secs = outcome.duration.as_secs_f64(), sha256 = %outcome.sha256_hex(), "pulled");
         self.record(
-            "pull.finished",
+            Kind::PullFinished,
             json!({"backup_id": made.backup_id, "remote": remote, "size": outcome.size, "sha256": outcome.sha256_hex(),
                    "duration_s": outcome.duration.as_secs_f64(), "attempts": outcome.attempts, "resumed_bytes": outcome.resumed_bytes}),
         )
@@ -84,7 +85,7 @@ impl Context {
                     warn!(error = %e, "cannot note the commit in the store's list of hapull's backups");
                 }
                 self.record(
-                    "archive.committed",
+                    Kind::ArchiveCommitted,
                     json!({"backup_id": made.backup_id, "path": archive.relative_path, "sha256": archive.manifest.sha256, "size": archive.manifest.size}),
                 )
                 .await?;
@@ -104,7 +105,7 @@ impl Context {
                 // A file that failed verification is not kept as if it were a backup; HA's copy stays.
                 let _ = std::fs::remove_file(local);
                 self.record(
-                    "verify.failed",
+                    Kind::VerifyFailed,
                     json!({"backup_id": made.backup_id, "remote": remote, "error": e.to_string()}),
                 )
                 .await?;

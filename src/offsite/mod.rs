@@ -30,7 +30,7 @@ use jiff::tz::TimeZone;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Kind};
 use crate::store::{self, RetentionPolicy, Store, StoredArchive};
 
 pub use ledger::{Copy, Ledger};
@@ -298,7 +298,7 @@ impl Target {
             warn!(target = %self.config.name, error = %e, "offsite copy failed");
             let _ = record(
                 audit,
-                "offsite.failed",
+                Kind::OffsiteFailed,
                 json!({"target": self.config.name, "error": e.to_string()}),
             )
             .await;
@@ -341,7 +341,7 @@ impl Target {
                           proof = %copy.proof, "offsite copy proven");
                     record(
                         audit,
-                        "offsite.proven",
+                        Kind::OffsiteProven,
                         json!({"target": name, "backup_id": id, "remote": self.shown(&copy.relative_path),
                                "size": copy.manifest.size, "sha256": copy.manifest.sha256,
                                "proof": copy.proof, "proof_value": copy.proof_value}),
@@ -360,7 +360,7 @@ impl Target {
                     warn!(target = %name, backup_id = %id, error = %e, "offsite copy not proven");
                     record(
                         audit,
-                        "offsite.failed",
+                        Kind::OffsiteFailed,
                         json!({"target": name, "backup_id": id, "error": e.to_string()}),
                     )
                     .await?;
@@ -626,7 +626,7 @@ impl Target {
                     info!(target = %name, backup_id = %c.manifest.backup_id, remote = %tar, "offsite copy deleted by retention");
                     record(
                         audit,
-                        "offsite.deleted",
+                        Kind::OffsiteDeleted,
                         json!({"target": name, "backup_id": c.manifest.backup_id, "remote": tar}),
                     )
                     .await?;
@@ -645,7 +645,7 @@ impl Target {
                           "the storage refused to delete an offsite copy retention would remove (a write-only target?); it stays, hapull will not try again");
                     record(
                         audit,
-                        "offsite.delete_refused",
+                        Kind::OffsiteDeleteRefused,
                         json!({"target": name, "backup_id": c.manifest.backup_id, "remote": tar, "reason": reason}),
                     )
                     .await?;
@@ -847,7 +847,7 @@ async fn blocking<T: Send + 'static>(
 
 async fn record(
     audit: Option<&AuditLog>,
-    kind: &str,
+    kind: Kind,
     data: serde_json::Value,
 ) -> Result<(), OffsiteError> {
     if let Some(a) = audit {

@@ -111,13 +111,11 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
 fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
+    crate::private_fs::write_atomic(path, text.as_bytes())
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+    crate::private_fs::sync_dir(dir)
 }
 
 /// The writer side: re-hashes the kept prefix, then appends and hashes each chunk in order.
@@ -126,12 +124,14 @@ fn writer(
     keep: u64,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<([u8; 32], u64), TransferError> {
-    let mut file = std::fs::OpenOptions::new()
+    // Private from the first byte: an unprotected backup holds every secret of the home.
+    let mut file = crate::private_fs::options()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .open(&partial)
+        .and_then(|f| crate::private_fs::make_private(&f).map(|()| f))
         .map_err(|e| TransferError::local("open", &partial, e))?;
     file.set_len(keep)
         .map_err(|e| TransferError::local("truncate", &partial, e))?;
