@@ -92,6 +92,7 @@ async fn context(rig: &Rig, mode: BackupMode, keep_on_ha: u32) -> Context {
             timezone: jiff::tz::TimeZone::UTC,
             pull,
         },
+        offsite: Vec::new(),
     }
 }
 

@@ -19,6 +19,7 @@ mod hostkeys;
 mod init;
 mod installs;
 mod log_secrets;
+mod offsite;
 mod one_writer;
 mod pull_verify;
 mod retry;
