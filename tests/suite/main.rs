@@ -7,6 +7,7 @@
 mod support;
 
 mod audit;
+mod commands;
 mod completions;
 mod cycle;
 mod daemon;

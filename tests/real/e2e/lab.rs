@@ -301,6 +301,7 @@ pub struct Case {
     baseline: BTreeSet<String>,
     seen: Arc<Mutex<BTreeMap<String, String>>>,
     stop_watch: Arc<AtomicBool>,
+    watcher: Option<thread::JoinHandle<()>>,
     failures: Vec<String>,
     observed: Vec<String>,
 }
@@ -319,7 +320,7 @@ impl Case {
         let baseline = ha.backups().into_keys().collect();
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
         let stop_watch = Arc::new(AtomicBool::new(false));
-        watch(ha.backup_dir.clone(), seen.clone(), stop_watch.clone());
+        let watcher = watch(ha.backup_dir.clone(), seen.clone(), stop_watch.clone());
         let mut case = Case {
             audit: dir.path().join("audit.jsonl"),
             config: dir.path().join("hapull.toml"),
@@ -332,6 +333,7 @@ impl Case {
             baseline,
             seen,
             stop_watch,
+            watcher: Some(watcher),
             failures: Vec::new(),
             observed: Vec::new(),
         };
@@ -481,8 +483,11 @@ impl Case {
     /// Checks the rule, writes the result line, tidies HA (the backups this case made), and fails
     /// the test if anything was wrong.
     pub fn finish(mut self) {
-        thread::sleep(Duration::from_millis(600));
         self.stop_watch.store(true, Ordering::SeqCst);
+        if let Some(w) = self.watcher.take() {
+            // Its last scan is taken after this point: every archive the run left is seen.
+            let _ = w.join();
+        }
         self.ha.wait_idle();
         let in_ha = self.ha.backups();
         // Present in HA = its archive file is still there (complete or not: HA keeps what it has).
@@ -633,10 +638,17 @@ fn archive_slug(path: &Path, complete: bool) -> Option<String> {
 }
 
 /// Watches HA's backups folder: every complete archive seen, by slug.
-fn watch(dir: PathBuf, seen: Arc<Mutex<BTreeMap<String, String>>>, stop: Arc<AtomicBool>) {
+/// After `stop` is set it scans once more and ends, so joining it gives a last look taken after
+/// the scenario finished.
+fn watch(
+    dir: PathBuf,
+    seen: Arc<Mutex<BTreeMap<String, String>>>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut checked: BTreeMap<String, u64> = BTreeMap::new();
-        while !stop.load(Ordering::SeqCst) {
+        loop {
+            let last = stop.load(Ordering::SeqCst);
             if let Ok(rd) = std::fs::read_dir(&dir) {
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
@@ -650,7 +662,26 @@ fn watch(dir: PathBuf, seen: Arc<Mutex<BTreeMap<String, String>>>, stop: Arc<Ato
                     }
                 }
             }
+            if last {
+                return;
+            }
             thread::sleep(Duration::from_millis(150));
         }
-    });
+    })
+}
+
+/// The `.tar` files in a folder with their sizes, complete or not.
+pub fn archive_files(dir: &Path) -> BTreeMap<String, u64> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tar"))
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().ok()?.len(),
+            ))
+        })
+        .collect()
 }

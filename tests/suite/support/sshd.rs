@@ -60,6 +60,18 @@ fn free_port() -> u16 {
 impl Sshd {
     /// Starts sshd and waits until it accepts connections. Panics (test failure) if sshd is missing.
     pub fn start() -> Sshd {
+        Sshd::start_with("")
+    }
+
+    /// Starts sshd with the account set up as the README prescribes for the Home Assistant host:
+    /// `ForceCommand internal-sftp -R` (read-only SFTP, no shell, no forwarding).
+    pub fn start_read_only() -> Sshd {
+        Sshd::start_with(
+            "ForceCommand internal-sftp -R\nAllowTcpForwarding no\nX11Forwarding no\nPermitTTY no\n",
+        )
+    }
+
+    fn start_with(extra: &str) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} not found: install openssh-server (e.g. `apt-get install openssh-server`) to run these tests"
@@ -89,7 +101,8 @@ impl Sshd {
                  KbdInteractiveAuthentication no\n\
                  MaxStartups 100\n\
                  LogLevel ERROR\n\
-                 Subsystem sftp internal-sftp\n",
+                 Subsystem sftp internal-sftp\n\
+                 {extra}",
                 host = host_key.display(),
                 auth = authorized.display(),
             ),
