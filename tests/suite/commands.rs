@@ -16,7 +16,7 @@ use crate::support::sshd::Sshd;
 use hapull::ha::{Client, ClientOptions, Endpoint, GenerateRequest};
 use hapull::secret::Secret;
 use hapull::store::Store;
-use hapull_sim::{Sim, SimOptions};
+use hapull_sim::{Sim, SimOptions, SimVersion};
 use serde_json::{Value, json};
 
 struct Rig {
@@ -45,9 +45,14 @@ impl Rig {
     }
 
     async fn start_with(sshd: Sshd, payload_bytes: u64) -> Rig {
+        Rig::start_as(sshd, payload_bytes, SimVersion::Current).await
+    }
+
+    async fn start_as(sshd: Sshd, payload_bytes: u64, version: SimVersion) -> Rig {
         let ha_dir = tempfile::tempdir().unwrap();
         let mut opts = SimOptions::new(ha_dir.path());
         opts.payload_bytes = payload_bytes;
+        opts.version = version;
         let sim = Sim::start(opts).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), "sim-token\n").unwrap();
@@ -816,4 +821,33 @@ async fn the_read_only_internal_sftp_account_is_enough() {
         .unwrap();
     assert!(!out.status.success(), "a write was allowed");
     assert!(!probe.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_with_a_legacy_home_assistant_is_refused_before_any_backup() {
+    // The legacy backup API cannot encrypt: a configured password must not quietly give an
+    // unencrypted backup.
+    let rig = Rig::start_as(Sshd::start(), 0, SimVersion::Legacy).await;
+    std::fs::write(rig.dir.path().join("backup_password"), "s3cret-pass\n").unwrap();
+    rig.configure("", "password_file = \"backup_password\"", "");
+    let out = rig.hapull(&["once"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("password") && stderr.contains("legacy backup API"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret-pass"), "{stderr}");
+    assert!(rig.sim.backups().is_empty(), "no backup was made");
+    assert!(
+        !rig.sim
+            .received()
+            .iter()
+            .any(|r| r.frame["type"] == "backup/generate"),
+        "nothing was asked of Home Assistant"
+    );
+    // Without the password the same Home Assistant works.
+    rig.configure("", "", "");
+    ok(&rig.hapull(&["once"]));
+    assert_eq!(rig.verified().len(), 1);
 }

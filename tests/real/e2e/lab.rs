@@ -232,6 +232,10 @@ pub struct Tweaks {
     pub token_file: Option<PathBuf>,
     pub bandwidth_limit: Option<&'static str>,
     pub timeout: &'static str,
+    /// More lines for the [backup] section.
+    pub backup_extra: String,
+    /// Appended at the end, inside [notify] until it opens a section of its own.
+    pub tail: String,
 }
 
 impl Default for Tweaks {
@@ -243,6 +247,8 @@ impl Default for Tweaks {
             token_file: None,
             bandwidth_limit: None,
             timeout: "10m",
+            backup_extra: String::new(),
+            tail: String::new(),
         }
     }
 }
@@ -360,12 +366,14 @@ impl Case {
         }
         text += &format!(
             "\n[backup]\nmode = {}\nname = \"hapull e2e {{date}}\"\nkeep_on_ha = 1\ntimeout = {}\n\
-             blocked_timeout = \"3m\"\n\n[store]\ndir = {}\nverify = \"full\"\n\n[audit]\npath = {}\n\n\
-             [notify]\nhome_assistant = false\n",
+             blocked_timeout = \"3m\"\n{}\n\n[store]\ndir = {}\nverify = \"full\"\n\n[audit]\npath = {}\n\n\
+             [notify]\nhome_assistant = false\n{}\n",
             toml_str(t.mode),
             toml_str(t.timeout),
+            t.backup_extra,
             q(&self.store),
             q(&self.audit),
+            t.tail,
         );
         std::fs::write(&self.config, text).unwrap();
     }

@@ -28,6 +28,9 @@ macro_rules! e2e {
     };
 }
 
+// After the macro, so the scenarios there can use it.
+mod commands;
+
 const MIN: Duration = Duration::from_secs(60);
 
 fn full_cycle(mode: &'static str, scenario: &'static str) {
