@@ -439,6 +439,9 @@ fn s6_sigkill_mid_transfer_then_once_again() {
     let run = case.hapull(&["once"]);
     case.observe(format!("second run: {}", run.verdict()));
     case.check(run.code == Some(0), "the second run commits");
+    for w in run.stderr.lines().filter(|l| l.contains("WARN")) {
+        case.observe(format!("second run warned: {}", w.trim()));
+    }
     let ids: Vec<String> = case
         .audit_records("backup.created")
         .iter()
