@@ -169,6 +169,8 @@ fn restarted_mid_backup(signal: &str, scenario: &'static str, expected: &'static
         ..Tweaks::default()
     });
     let _bulk = case.ha.bulk(300);
+    // Taken before hapull starts: HA creates the archive file as soon as the backup begins.
+    let baseline = lab::archive_files(&case.ha.backup_dir);
     let child = case.spawn(&["once"], "once");
     let err = case.dir.path().join("once.err");
     let started = case.wait_for("the backup to start", 2 * MIN, || {
@@ -186,7 +188,6 @@ fn restarted_mid_backup(signal: &str, scenario: &'static str, expected: &'static
         manager_state().is_some_and(|s| s != "idle")
     });
     // Stop HA while it writes the archive, not before it started: wait for the file to grow.
-    let baseline = lab::archive_files(&case.ha.backup_dir);
     let writing = case.wait_for("HA to be writing the archive", MIN, || {
         lab::archive_files(&case.ha.backup_dir)
             .iter()
@@ -199,6 +200,10 @@ fn restarted_mid_backup(signal: &str, scenario: &'static str, expected: &'static
     case.check(
         busy,
         "HA's backup manager was busy with the backup when it was stopped",
+    );
+    case.check(
+        writing,
+        "HA was writing the archive when it was stopped (else this scenario tests nothing)",
     );
     case.ha.stop_with(signal);
     case.ha.start();
