@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Kind};
 use crate::config::{BackupMode, VerifyLevel};
 use crate::ha::{Backup, BackupApi, Client, HaError};
 use crate::secret::Secret;
@@ -98,7 +98,7 @@ pub enum CycleError {
     },
     #[error("Home Assistant reported the backup failed: {reason}")]
     BackupFailed { reason: String },
-    #[error("{step}: gave up after {after:?}: {what}")]
+    #[error("{step}: gave up after {}: {what}", humantime::format_duration(*.after))]
     Timeout {
         step: Step,
         after: Duration,
@@ -120,6 +120,24 @@ impl CycleError {
             | CycleError::Refused { step, .. } => Some(*step),
             CycleError::BackupFailed { .. } => Some(Step::Await),
             CycleError::Audit(_) => None,
+        }
+    }
+
+    /// True when running the cycle again later may succeed: Home Assistant or the SSH host
+    /// unreachable or restarting, or HA's backup manager busy past `blocked_timeout`. A refused
+    /// token, a changed host key, a refusal, a failed backup or a store problem need a person.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CycleError::Ha { source, .. } => source.is_transient(),
+            CycleError::Transfer { source, .. } => match source {
+                TransferError::RetriesExhausted { last, .. } => last.is_transient(),
+                other => other.is_transient(),
+            },
+            CycleError::Timeout { step, .. } => *step == Step::Connect,
+            CycleError::Store { .. }
+            | CycleError::BackupFailed { .. }
+            | CycleError::Refused { .. }
+            | CycleError::Audit(_) => false,
         }
     }
 
@@ -218,7 +236,7 @@ impl Made {
 }
 
 impl Context {
-    async fn record(&self, kind: &str, data: Value) -> Result<(), CycleError> {
+    async fn record(&self, kind: Kind, data: Value) -> Result<(), CycleError> {
         if let Some(audit) = &self.audit {
             audit
                 .step(kind, data)
@@ -234,7 +252,7 @@ impl Context {
         let span = info_span!("cycle", mode = self.settings.mode.as_str());
         async {
             self.record(
-                "cycle.started",
+                Kind::CycleStarted,
                 json!({"mode": self.settings.mode.as_str()}),
             )
             .await?;
@@ -270,12 +288,7 @@ impl Context {
         let remote = (self.locate(api, &made))
             .instrument(info_span!("locate", backup_id = %id))
             .await?;
-        let (local, pulled) = (self.pull(&made, &remote))
-            .instrument(info_span!("pull", backup_id = %id))
-            .await?;
-        let archive = (self.commit(&made, &remote, &local, &pulled))
-            .instrument(info_span!("commit", backup_id = %id))
-            .await?;
+        let (archive, pulled) = self.save(&made, &remote).await?;
         self.catch_up(api)
             .instrument(info_span!("catch_up"))
             .await?;
@@ -304,7 +317,7 @@ impl Context {
             .ok_or_else(|| {
                 CycleError::refused(
                     Step::Locate,
-                    format!("Home Assistant has no backup {backup_id:?}; `hapull list --remote` shows the ids it has"),
+                    format!("Home Assistant has no backup \"{}\"; `hapull list --remote` shows the ids it has", backup_id.escape_debug()),
                 )
             })?;
         self.finish(api, Made::listed(backup), started).await
@@ -315,7 +328,7 @@ impl Context {
             Ok(r) => {
                 info!(backup_id = %r.backup_id, bytes = r.pull.size, secs = r.duration.as_secs_f64(), "cycle finished: archive committed");
                 self.record(
-                    "cycle.finished",
+                    Kind::CycleFinished,
                     json!({"backup_id": r.backup_id, "size": r.pull.size, "sha256": r.pull.sha256_hex(),
                            "duration_s": r.duration.as_secs_f64(), "deleted_on_ha": r.deleted_on_ha, "pruned": r.pruned}),
                 )
@@ -324,7 +337,7 @@ impl Context {
             Err(e) => {
                 warn!(error = %e, "cycle failed");
                 self.record(
-                    "cycle.failed",
+                    Kind::CycleFailed,
                     json!({"step": e.step().map(Step::as_str), "error": e.to_string()}),
                 )
                 .await
