@@ -119,6 +119,13 @@ pub struct DemoArgs {
     /// Size of the simulated configuration in each backup, in MiB (random data, so it does not compress).
     #[arg(long, default_value_t = 8)]
     pub size_mib: u64,
+    /// Imitate Home Assistant OS / Supervised instead of Core: agent hassio.local, Supervisor job ids,
+    /// archives with add-on and folder members, and an add-on update's backup hapull must not touch.
+    #[arg(long)]
+    pub supervisor: bool,
+    /// Fetch archives through Home Assistant's own download ([transfer] via = "http") instead of SFTP.
+    #[arg(long)]
+    pub http: bool,
 }
 
 /// Sets up tracing on standard error.

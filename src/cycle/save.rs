@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{At, Context, CycleError, Made, Step};
+use super::{At, Context, CycleError, Made, Source, Step};
 use crate::audit::Kind;
 use crate::config::VerifyLevel;
 use crate::store::{
@@ -67,21 +67,26 @@ impl Context {
     ) -> Result<(PathBuf, Pulled), CycleError> {
         let local = self.store.incoming_path(&made.backup_id).at(Step::Pull)?;
         let mut opts = self.settings.pull.clone();
-        opts.expected_size = made.backup.as_ref().and_then(|b| b.size);
+        // The size of the copy on the agent pulled from, as `backup/info` lists it.
+        opts.expected_size = made.backup.as_ref().and_then(|b| {
+            match made.agent.as_deref().and_then(|a| b.on_agent(a)) {
+                Some((size, _)) => size,
+                None => b.size,
+            }
+        });
         // Shared by every attempt, so the Argon2 root key is derived once per backup.
         let keys = (self.settings.password.clone()).map(|p| Arc::new(Mutex::new(Keys::new(p))));
         let mode = self.verify_mode();
         let new_verifier =
             || VerifyFeed(StreamVerifier::start(&made.backup_id, mode, keys.clone()));
-        let (outcome, feed) = transfer::pull_observed(
-            &self.ssh,
-            &self.identity,
-            remote,
-            &local,
-            &opts,
-            new_verifier,
-        )
-        .await
+        let (outcome, feed) = match &self.source {
+            Source::Sftp { ssh, identity } => {
+                transfer::pull_observed(ssh, identity, remote, &local, &opts, new_verifier).await
+            }
+            Source::Http { target, .. } => {
+                transfer::download_observed(target, remote, &local, &opts, new_verifier).await
+            }
+        }
         .at(Step::Pull)?;
         let verifier = feed.0;
         let verdict = tokio::task::spawn_blocking(move || verifier.finish())
@@ -121,7 +126,7 @@ impl Context {
                     size: pulled.size,
                     sha256: pulled.sha256,
                     pulled_at: Timestamp::now(),
-                    source_host: self.ssh.host.clone(),
+                    source_host: self.source.host().to_string(),
                     source_path: remote.to_string(),
                     verify: self.verify_mode(),
                     password: None,

@@ -18,6 +18,7 @@ mod ha_client;
 mod hostile;
 mod hostkeys;
 mod init;
+mod installs;
 mod log_secrets;
 mod one_writer;
 mod pull_verify;
