@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::sshd::Sshd;
 use bytes::Bytes;
 use hapull::secret::Secret;
 use hapull::store::{ArchiveError, CommitInfo, Keys, Level, Store, StreamVerifier, Verify};
 use hapull::transfer::{self, ByteObserver, HostKeyPolicy, PullOptions, SessionOptions, SshTarget};
-use crate::support::sshd::Sshd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Feed(StreamVerifier);
