@@ -10,21 +10,22 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::audit::{AuditLog, AuditOptions};
-use crate::config::{Config, VerifyLevel};
-use crate::cycle::{Context, Report, Settings};
+use crate::audit::{AuditLog, AuditOptions, Kind};
+use crate::config::{BackupMode, Config, VerifyLevel, Via};
+use crate::cycle::{Context, CycleError, Report, Settings, Source};
 use crate::daemon::{
-    Clock, CycleReport, Metrics, Notifier, Outcome, RunReason, Schedule, Scheduler, StateFile,
-    StatusServer, Tick,
+    Clock, CycleReport, Metrics, Notifier, Outcome, PendingRetry, RetryAt, RetryOutcome,
+    RetryPolicy, RunReason, Schedule, Scheduler, StateFile, StatusServer, Tick, retry_until,
 };
 use crate::ha::{Client, ClientOptions, ConnectionState, HaError, SubItem};
 use crate::store::{RetentionPolicy, Store};
-use crate::transfer::{PullOptions, SshTarget};
+use crate::transfer::{HttpTarget, PullOptions, SshTarget};
 
 /// Why the service (or building a cycle's context) failed. Messages say what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,37 @@ pub fn ssh_target(cfg: &Config) -> Result<SshTarget, ServiceError> {
     })
 }
 
+/// How the cycle fetches archives: SFTP (the key is decrypted here, once) or HA's HTTP download.
+pub fn source(cfg: &Config) -> Result<Source, ServiceError> {
+    match cfg.transfer.via {
+        Via::Sftp => {
+            let ssh = ssh_target(cfg)?;
+            let identity =
+                crate::transfer::load_identity(&ssh.identity_file, ssh.passphrase.as_ref())
+                    .map_err(|e| setup(e.to_string()))?;
+            Ok(Source::Sftp { ssh, identity })
+        }
+        Via::Http => Ok(Source::Http {
+            target: http_target(cfg)?,
+            prefix: cfg.home_assistant.endpoint.http_prefix().to_string(),
+        }),
+    }
+}
+
+/// Home Assistant's HTTP side: same host, port, TLS settings (`ca_file`) and token as the WebSocket.
+pub fn http_target(cfg: &Config) -> Result<HttpTarget, ServiceError> {
+    let ha = &cfg.home_assistant;
+    let opts = ClientOptions::new(ha.endpoint.clone(), ha.token.clone(), ha.ca_file.as_deref())?;
+    Ok(HttpTarget {
+        tls: opts.tls,
+        host: ha.endpoint.host().to_string(),
+        port: ha.endpoint.port(),
+        token: ha.token.clone(),
+        connect_timeout: cfg.transfer.connect_timeout,
+        read_timeout: Duration::from_secs(120),
+    })
+}
+
 pub fn open_store(cfg: &Config) -> Result<Store, ServiceError> {
     let store = cfg.store.as_ref().ok_or_else(|| {
         ServiceError::Config(format!(
@@ -66,6 +98,33 @@ pub fn open_store(cfg: &Config) -> Result<Store, ServiceError> {
         ))
     })?;
     Store::open(&store.dir)
+        .map_err(|e| setup(format!("opening the store {}: {e}", store.dir.display())))
+}
+
+/// Where the one-writer lock lives: the store's folder, or (with no store configured) the audit log's.
+/// Every process that writes either takes it there, so they agree on it.
+pub fn lock_dir(cfg: &Config) -> Result<std::path::PathBuf, ServiceError> {
+    if let Some(store) = &cfg.store {
+        return Ok(store.dir.clone());
+    }
+    if let Some(a) = &cfg.audit {
+        return Ok(crate::private_fs::parent_of(&a.path));
+    }
+    Err(ServiceError::Config(format!(
+        "{}: neither [store] nor [audit] is configured, so there is nothing to write",
+        cfg.path.display()
+    )))
+}
+
+/// Opens the store for reading only: repairs nothing, so it is safe beside a writer.
+pub fn open_store_read_only(cfg: &Config) -> Result<Store, ServiceError> {
+    let store = cfg.store.as_ref().ok_or_else(|| {
+        ServiceError::Config(format!(
+            "{}: section [store] is required; see config/hapull.example.toml",
+            cfg.path.display()
+        ))
+    })?;
+    Store::open_read_only(&store.dir)
         .map_err(|e| setup(format!("opening the store {}: {e}", store.dir.display())))
 }
 
@@ -103,19 +162,47 @@ pub fn client_options(cfg: &Config, reconnect: bool) -> Result<ClientOptions, Se
 }
 
 pub fn settings(cfg: &Config, progress: bool) -> Result<Settings, ServiceError> {
-    let ssh = cfg
-        .ssh
-        .as_ref()
-        .ok_or_else(|| ServiceError::Config("[ssh] is required".into()))?;
+    let (bandwidth_limit, connect_timeout, remote_dir) = match cfg.transfer.via {
+        Via::Sftp => {
+            let ssh = cfg.ssh.as_ref().ok_or_else(|| {
+                ServiceError::Config(format!(
+                    "{}: section [ssh] is required with [transfer] via = \"sftp\" (the default); \
+                     add it, or set via = \"http\" to download through Home Assistant itself",
+                    cfg.path.display()
+                ))
+            })?;
+            (
+                ssh.bandwidth_limit,
+                ssh.connect_timeout,
+                ssh.remote_dir.clone(),
+            )
+        }
+        Via::Http => {
+            if cfg.backup.mode == BackupMode::Service {
+                return Err(ServiceError::Config(format!(
+                    "{}: [backup] mode = \"service\" runs a command that deletes every archive in HA's \
+                     backups folder, which needs [transfer] via = \"sftp\" to save each one first; \
+                     use mode = \"api\" with via = \"http\"",
+                    cfg.path.display()
+                )));
+            }
+            (
+                cfg.transfer.bandwidth_limit,
+                cfg.transfer.connect_timeout,
+                String::new(),
+            )
+        }
+    };
     let mut pull = PullOptions {
-        bandwidth_limit: ssh.bandwidth_limit,
+        bandwidth_limit,
         progress,
         ..PullOptions::default()
     };
-    pull.session.connect_timeout = ssh.connect_timeout;
+    pull.session.connect_timeout = connect_timeout;
     Ok(Settings {
         mode: cfg.backup.mode,
         shell_command: cfg.backup.shell_command.clone(),
+        agent_id: cfg.backup.agent_id.clone(),
         name_template: cfg.backup.name.clone(),
         include_database: cfg.backup.include_database,
         password: cfg.backup.password.clone(),
@@ -123,7 +210,7 @@ pub fn settings(cfg: &Config, progress: bool) -> Result<Settings, ServiceError> 
         prune_foreign: cfg.backup.prune_foreign,
         timeout: cfg.backup.timeout,
         blocked_timeout: cfg.backup.blocked_timeout,
-        remote_dir: ssh.remote_dir.clone(),
+        remote_dir,
         verify: cfg
             .store
             .as_ref()
@@ -142,13 +229,9 @@ pub async fn context(
     audit: Option<AuditLog>,
     progress: bool,
 ) -> Result<Context, ServiceError> {
-    let ssh = ssh_target(cfg)?;
-    let identity = crate::transfer::load_identity(&ssh.identity_file, ssh.passphrase.as_ref())
-        .map_err(|e| setup(e.to_string()))?;
     Ok(Context {
         client,
-        identity,
-        ssh,
+        source: source(cfg)?,
         store: Arc::new(open_store(cfg)?),
         audit,
         settings: settings(cfg, progress)?,
@@ -162,22 +245,23 @@ async fn connect_with_retry(
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<Option<Client>, ServiceError> {
     let opts = client_options(cfg, true)?;
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match Client::connect(opts.clone()).await {
-            Ok(c) => return Ok(Some(c)),
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, retry_in = ?delay, "Home Assistant is not reachable yet");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let jittered =
-            delay + Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 4));
-        tokio::select! {
-            _ = tokio::time::sleep(jittered) => {}
-            _ = &mut *shutdown => return Ok(None),
-        }
-        delay = (delay * 2).min(Duration::from_secs(60));
+    let connect = (|| Client::connect(opts.clone()))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(Duration::from_secs(60))
+                .with_jitter()
+                .without_max_times(),
+        )
+        .sleep(tokio::time::sleep)
+        .when(HaError::is_transient)
+        .notify(|e, retry_in| {
+            warn!(error = %e, retry_in = %humantime::format_duration(retry_in), "Home Assistant is not reachable yet");
+        });
+    // A connection attempt may be dropped at any point: nothing is half-done on either side.
+    tokio::select! {
+        connected = connect => Ok(Some(connected?)),
+        _ = &mut *shutdown => Ok(None),
     }
 }
 
@@ -192,8 +276,15 @@ pub async fn run(
     let tz = timezone(&cfg)?;
     let schedule = Schedule::parse(&cfg.schedule.cron, tz)
         .map_err(|e| ServiceError::Config(format!("[schedule] cron: {e}")))?;
+    // Retries of a failed cycle stop when the next run is due; the scheduler owns its own copy.
+    let next_runs = schedule.clone();
+    let retry = RetryPolicy {
+        min_delay: cfg.schedule.retry_min,
+        max_delay: cfg.schedule.retry_max,
+        seed: None,
+    };
     if let Some(dir) = cfg.schedule.state_file.parent() {
-        std::fs::create_dir_all(dir)
+        crate::private_fs::create_dir_all(dir)
             .map_err(|e| setup(format!("creating {}: {e}", dir.display())))?;
     }
     let state = StateFile::open(&cfg.schedule.state_file).map_err(setup)?;
@@ -266,7 +357,7 @@ pub async fn run(
                     warn!(%scheduled_for, "a run came due while the previous cycle is still running; skipped");
                     metrics.cycle_skipped();
                     if let Some(a) = &audit {
-                        let _ = a.step("cycle.skipped", json!({"scheduled_for": scheduled_for.to_string()})).await;
+                        let _ = a.step(Kind::CycleSkipped, json!({"scheduled_for": scheduled_for.to_string()})).await;
                     }
                 }
                 Tick::Run { scheduled_for, reason, guard } => {
@@ -276,7 +367,17 @@ pub async fn run(
                         RunReason::CatchUp { missed } => format!("catching up a run missed at {missed}"),
                     };
                     info!(%scheduled_for, reason = %why, "starting a cycle");
-                    let job = CycleJob { ctx: ctx.clone(), metrics: metrics.clone(), state: state.clone(), notifier: notifier.clone(), clock: clock.clone(), notify_ha: cfg.notify.home_assistant };
+                    let job = CycleJob {
+                        ctx: ctx.clone(),
+                        metrics: metrics.clone(),
+                        state: state.clone(),
+                        notifier: notifier.clone(),
+                        clock: clock.clone(),
+                        notify_ha: cfg.notify.home_assistant,
+                        retry,
+                        next_due: next_runs.next_after(scheduled_for),
+                        stop: stop_tx.subscribe(),
+                    };
                     running = Some(tokio::spawn(async move {
                         let _running = guard;
                         job.run().await;
@@ -308,7 +409,7 @@ pub async fn run(
         }
     }
     if let Some(a) = &audit {
-        let _ = a.step("service.stopped", json!({})).await;
+        let _ = a.step(Kind::ServiceStopped, json!({})).await;
     }
     close_audit(&audit).await;
     Ok(())
@@ -329,10 +430,64 @@ struct CycleJob {
     notifier: Notifier,
     clock: Clock,
     notify_ha: bool,
+    retry: RetryPolicy,
+    /// When the next scheduled run is due: retries stop before it.
+    next_due: Option<Timestamp>,
+    /// Becomes true on shutdown: a wait for a retry ends at once (a running attempt is not cut).
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl CycleJob {
+    /// Runs the cycle; a transient failure is retried with backoff until the next scheduled run, a
+    /// permanent one is alerted at once. Only the final outcome is notified.
     async fn run(self) {
+        let mut stop = self.stop.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|v| *v).await;
+        };
+        let outcome = retry_until(
+            &self.retry,
+            &self.clock,
+            self.next_due,
+            stopped,
+            CycleError::is_transient,
+            || self.attempt(),
+            |pending, e| self.retrying(pending, e),
+        )
+        .await;
+        self.metrics.cycle_retry_cleared();
+        if let Err(e) = self.state.clear_retry() {
+            warn!(error = %e, "cannot clear the pending retry in the state file");
+        }
+        match outcome {
+            RetryOutcome::Succeeded {
+                value: (r, duration),
+                attempts,
+            } => {
+                if attempts > 1 {
+                    info!(attempts, "the cycle succeeded after retrying");
+                }
+                self.notify_success(&r, duration).await;
+            }
+            RetryOutcome::Permanent { error, .. } => {
+                tracing::error!(error = %error, "the cycle failed for a reason retrying cannot fix; not retried");
+                self.notify_failure(&error.to_string()).await;
+            }
+            RetryOutcome::Exhausted { error, attempts } => {
+                warn!(attempts, error = %error, "the cycle still fails; the next scheduled run tries again");
+                self.notify_failure(&format!(
+                    "{error} (tried {attempts} time(s); retries stopped because the next scheduled run is due)"
+                ))
+                .await;
+            }
+            RetryOutcome::Stopped { error, attempts } => {
+                info!(attempts, error = %error, "shutting down while waiting to retry the failed cycle");
+            }
+        }
+    }
+
+    /// One run of the cycle, counted in the metrics.
+    async fn attempt(&self) -> Result<(Report, Duration), CycleError> {
         let started = self.clock.now();
         self.metrics.cycle_started(started);
         let outcome = self.ctx.run_cycle().await;
@@ -355,7 +510,7 @@ impl CycleJob {
                     r.archive.manifest.verified == Some(crate::store::Level::Full),
                     r.archive.manifest.protected,
                 );
-                self.notify_success(&r, duration).await;
+                Ok((r, duration))
             }
             Err(e) => {
                 self.metrics.cycle_finished(&CycleReport {
@@ -366,8 +521,32 @@ impl CycleJob {
                     transfer_duration: Duration::ZERO,
                     archive_bytes: None,
                 });
-                self.notify_failure(&e.to_string()).await;
+                Err(e)
             }
+        }
+    }
+
+    fn retrying(&self, pending: &PendingRetry, error: &CycleError) {
+        warn!(
+            attempt = pending.attempt,
+            retry_in = %humantime::format_duration(Duration::from_secs(pending.delay.as_secs())),
+            at = %pending.at,
+            error = %error,
+            "the cycle failed for a transient reason; retrying"
+        );
+        self.metrics.cycle_retry_scheduled(pending.at);
+        if let Err(e) = self.state.record_retry(RetryAt {
+            attempt: pending.attempt,
+            at: pending.at,
+        }) {
+            warn!(error = %e, "cannot record the pending retry in the state file");
+        }
+        if let Some(a) = &self.ctx.audit {
+            a.event(
+                Kind::CycleRetry,
+                json!({"attempt": pending.attempt, "delay_s": pending.delay.as_secs_f64(),
+                       "at": pending.at.to_string(), "error": error.to_string()}),
+            );
         }
     }
 
@@ -434,7 +613,7 @@ async fn watch_connection(client: Client, metrics: Metrics, audit: Option<AuditL
             ConnectionState::Closed => json!({"state": "closed"}),
         };
         if let Some(a) = &audit {
-            a.event("ha.connection", text);
+            a.event(Kind::HaConnection, text);
         }
         if let ConnectionState::Failed { reason } = &current {
             tracing::error!(%reason, "the connection to Home Assistant failed for good; fix the cause and restart hapull");
@@ -459,14 +638,14 @@ async fn record_events(
                 if !passes(&e, &domains, &entities) {
                     continue;
                 }
-                audit.event("ha.event", e);
+                audit.event(Kind::HaEvent, e);
             }
             SubItem::Reconnected => {
-                audit.event("ha.events_gap", json!({"event_type": event_type, "why": "reconnected; events may have been missed"}));
+                audit.event(Kind::HaEventsGap, json!({"event_type": event_type, "why": "reconnected; events may have been missed"}));
             }
             SubItem::Lagged(n) => {
                 audit.event(
-                    "ha.events_gap",
+                    Kind::HaEventsGap,
                     json!({"event_type": event_type, "dropped": n}),
                 );
             }

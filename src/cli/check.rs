@@ -7,8 +7,8 @@ use clap::Args;
 use serde_json::json;
 
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, Global};
-use crate::config::{BackupMode, Config};
-use crate::ha::{BackupApi, Client, HaError};
+use crate::config::{BackupMode, Config, Via};
+use crate::ha::{BackupApi, Client, HaError, Install, choose_local_agent};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {}
@@ -97,6 +97,7 @@ async fn check_home_assistant(cfg: &Config, report: &mut Report) {
         }
     };
     report.add(Level::Ok, "backup api", api.to_string());
+    let mut agent = None;
     match client.backup_info().await {
         Ok(list) => {
             let level = if list.state == "blocked" {
@@ -120,16 +121,17 @@ async fn check_home_assistant(cfg: &Config, report: &mut Report) {
         match client.backup_agents().await {
             Ok(agents) => {
                 let names: Vec<String> = agents.iter().map(|a| a.agent_id.clone()).collect();
-                let level = if names.iter().any(|n| n == "backup.local") {
-                    Level::Ok
-                } else {
-                    Level::Fail
-                };
-                let mut text = format!("agents: {}", names.join(", "));
-                if level == Level::Fail {
-                    text.push_str(" — backup.local is missing; hapull pulls the local copy, so HA must keep one");
+                match choose_local_agent(&agents, cfg.backup.agent_id.as_deref()) {
+                    Ok(local) => {
+                        report.add(
+                            Level::Ok,
+                            "agents",
+                            format!("{}; local copies on {local}", names.join(", ")),
+                        );
+                        agent = Some(local);
+                    }
+                    Err(why) => report.add(Level::Fail, "agents", why),
                 }
-                report.add(level, "agents", text);
             }
             Err(e) => report.add(Level::Fail, "agents", explain_backup_error(&e)),
         }
@@ -138,14 +140,55 @@ async fn check_home_assistant(cfg: &Config, report: &mut Report) {
             Err(e) => report.add(Level::Fail, "permission", explain_backup_error(&e)),
         }
     }
+    let install = match api {
+        BackupApi::Legacy { .. } => Some(Install::Legacy),
+        BackupApi::Modern => agent.as_deref().map(Install::of_agent),
+    };
+    if let Some(install) = install {
+        report.add(Level::Ok, "install", install.to_string());
+        report.add(Level::Ok, "needs", install_needs(install, cfg.transfer.via));
+    }
     match (cfg.backup.mode, api) {
         (BackupMode::Api, BackupApi::Legacy { .. }) => report.add(
             Level::Ok,
             "mode",
             "api: this Home Assistant has the legacy backup API, so hapull uses its blocking backup/generate",
         ),
-        (BackupMode::Api, BackupApi::Modern) => report.add(Level::Ok, "mode", "api: backup/generate to backup.local"),
+        (BackupMode::Api, BackupApi::Modern) => report.add(
+            Level::Ok,
+            "mode",
+            format!(
+                "api: backup/generate to {}",
+                agent.as_deref().unwrap_or("the local agent")
+            ),
+        ),
+        (BackupMode::Service, _) if install == Some(Install::Supervisor) => report.add(
+            Level::Fail,
+            "mode",
+            "mode = \"service\" is the recipe for Core installs (a shell command deleting files in <config>/backups); on Home Assistant OS use mode = \"api\"",
+        ),
         (BackupMode::Service, _) => check_services(cfg, &client, report).await,
+    }
+}
+
+/// What this install type needs on the Home Assistant side, for the chosen transport.
+fn install_needs(install: Install, via: Via) -> &'static str {
+    match (install, via) {
+        (Install::Core, Via::Sftp) => {
+            "a read-only SFTP account on the HA host for <config>/backups ([ssh], see `hapull init --install core`); or [transfer] via = \"http\" and no SSH at all"
+        }
+        (Install::Supervisor, Via::Sftp) => {
+            "SFTP into the Supervisor's backup folder: the SSH add-on with SFTP on, [ssh] remote_dir = \"/backup\" (see `hapull init --install os`); or [transfer] via = \"http\" and no SSH at all"
+        }
+        (Install::Legacy, Via::Sftp) => {
+            "a read-only SFTP account on the HA host for <config>/backups, where archives are <slug>.tar ([ssh]); or [transfer] via = \"http\""
+        }
+        (Install::Core | Install::Legacy, Via::Http) => {
+            "nothing more: archives come from Home Assistant's own download with this token (a cut download resumes)"
+        }
+        (Install::Supervisor, Via::Http) => {
+            "nothing more: archives come from Home Assistant's own download with this token (hassio.local streams without ranges, so a cut download starts over)"
+        }
     }
 }
 
@@ -204,9 +247,8 @@ async fn check_services(cfg: &Config, client: &Client, report: &mut Report) {
 /// Turns a backup API error into advice.
 fn explain_backup_error(e: &HaError) -> String {
     match e.code() {
-        Some("unauthorized") => format!(
-            "{e} — the token's user is not an administrator; the backup API needs an admin user's long-lived access token"
-        ),
+        // The error itself says what to do.
+        Some("unauthorized") => e.to_string(),
         Some("unknown_command") => {
             format!(
                 "{e} — the backup integration is not loaded; add `backup:` to configuration.yaml and restart Home Assistant"
@@ -218,8 +260,22 @@ fn explain_backup_error(e: &HaError) -> String {
 
 /// The SSH side: host key, login, the backups folder and whether its archives are readable.
 async fn check_ssh(cfg: &Config, report: &mut Report) {
+    if cfg.transfer.via == Via::Http {
+        report.add(
+            Level::Ok,
+            "transfer",
+            format!(
+                "via http: {}://{}:{}{}/api/backup/download/<id>, with the token and TLS checked above; [ssh] not needed",
+                if cfg.home_assistant.endpoint.is_tls() { "https" } else { "http" },
+                cfg.home_assistant.endpoint.host(),
+                cfg.home_assistant.endpoint.port(),
+                cfg.home_assistant.endpoint.http_prefix()
+            ),
+        );
+        return;
+    }
     let Some(ssh) = &cfg.ssh else {
-        report.add(Level::Warn, "ssh", "no [ssh] section: hapull cannot pull archives (check, events and list --remote still work)");
+        report.add(Level::Fail, "ssh", "no [ssh] section: hapull cannot pull archives over SFTP; add [ssh], or set [transfer] via = \"http\" to download through Home Assistant itself");
         return;
     };
     let target = match crate::service::ssh_target(cfg) {
@@ -316,25 +372,30 @@ fn check_store(cfg: &Config, report: &mut Report) {
         );
         return;
     };
-    match crate::service::open_store(cfg) {
-        Ok(s) => {
-            let probe = s.root().join(".hapull-check");
-            match std::fs::write(&probe, b"") {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&probe);
-                    report.add(
-                        Level::Ok,
-                        "store",
-                        format!("{} is writable", store.dir.display()),
-                    );
-                }
-                Err(e) => report.add(
-                    Level::Fail,
-                    "store",
-                    format!("cannot write in {}: {e}", store.dir.display()),
-                ),
-            }
-        }
-        Err(e) => report.add(Level::Fail, "store", e.to_string()),
+    // Only a probe: a daemon may be writing this store, and repairing it belongs to its writer.
+    let probe = store.dir.join(".hapull-check");
+    let writable = crate::private_fs::create_dir_all(&store.dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe));
+    match writable {
+        Ok(()) => report.add(
+            Level::Ok,
+            "store",
+            format!("{} is writable", store.dir.display()),
+        ),
+        Err(e) => report.add(
+            Level::Fail,
+            "store",
+            format!("cannot write in {}: {e}", store.dir.display()),
+        ),
+    }
+    match crate::store::lock::StoreLock::holder(&store.dir) {
+        Ok(Some(h)) => report.add(
+            Level::Ok,
+            "store lock",
+            format!("held by {h}: `once`, `pull` and `prune` wait for it or are refused (exit 75)"),
+        ),
+        Ok(None) => {}
+        Err(e) => report.add(Level::Warn, "store lock", e.to_string()),
     }
 }

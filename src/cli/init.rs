@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -49,6 +48,66 @@ pub struct InitArgs {
     /// Overwrite existing files (the old key pair and known_hosts are lost).
     #[arg(long)]
     pub force: bool,
+    /// The kind of Home Assistant install; asked when not given and stdin is a terminal (else core).
+    /// `os` (Home Assistant OS, also Supervised) writes a config with [transfer] via = "http" and no
+    /// [ssh]; the others use a read-only SFTP account on the HA host.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub install: Option<InstallKind>,
+}
+
+/// What `hapull init --install` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InstallKind {
+    /// Home Assistant OS or Supervised: HA's own download over HTTPS, nothing to install on the HA side.
+    #[value(alias = "supervised", alias = "haos")]
+    Os,
+    /// Home Assistant Core or Container on Linux: a read-only SFTP account.
+    #[value(alias = "container")]
+    Core,
+    /// NixOS running Home Assistant: a read-only SFTP account from config/nixos/ha-host.nix.
+    Nixos,
+}
+
+/// Asks on the terminal which install this is; core when nothing usable is typed.
+fn ask_install() -> InstallKind {
+    use std::io::IsTerminal;
+    if !io::stdin().is_terminal() {
+        return InstallKind::Core;
+    }
+    print!(
+        "Which Home Assistant install is this?\n  os     Home Assistant OS or Supervised (Settings -> System shows a Supervisor)\n  core   Core or Container on Linux\n  nixos  NixOS\n[os/core/nixos, default core]: "
+    );
+    let _ = io::stdout().flush();
+    let mut line = String::new();
+    let _ = io::stdin().read_line(&mut line);
+    match line.trim().to_ascii_lowercase().as_str() {
+        "os" | "haos" | "supervised" => InstallKind::Os,
+        "nixos" => InstallKind::Nixos,
+        _ => InstallKind::Core,
+    }
+}
+
+/// Home Assistant OS: the download goes through Home Assistant, so [ssh] is commented out.
+fn http_only(config: &str) -> String {
+    let mut out = String::with_capacity(config.len());
+    let mut in_ssh = false;
+    for line in config.lines() {
+        if line.starts_with('[') {
+            in_ssh = line.trim() == "[ssh]";
+        }
+        if line.trim() == "# via = \"sftp\"" {
+            out.push_str(
+                "via = \"http\"                            # Home Assistant OS: no SSH needed\n",
+            );
+            continue;
+        }
+        if in_ssh && !line.trim().is_empty() && !line.starts_with('#') {
+            out.push_str("# ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// What `init` writes, by name inside `--dir`.
@@ -91,12 +150,16 @@ pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let config = render_config(
+    let install = args.install.unwrap_or_else(ask_install);
+    let mut config = render_config(
         &dir,
         &data_dir,
         args.ha_url.as_deref(),
         args.ssh_host.as_deref(),
     )?;
+    if install == InstallKind::Os {
+        config = http_only(&config);
+    }
     let comment = format!("hapull@{}", hostname());
     let mut key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
         .context("generating an ed25519 key pair")?;
@@ -109,7 +172,8 @@ pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
         .to_openssh()
         .context("encoding the public key")?;
 
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::private_fs::create_dir_all(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     write_file(&dir.join(KEY_NAME), private.as_bytes(), 0o600)?;
     write_file(&dir.join(PUB_NAME), format!("{public}\n").as_bytes(), 0o644)?;
     write_file(&dir.join(KNOWN_HOSTS_NAME), b"", 0o644)?;
@@ -118,12 +182,15 @@ pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
 
     let fingerprint = key.public_key().fingerprint(russh::keys::HashAlg::Sha256);
     let mut out = io::stdout().lock();
-    let text = instructions(
-        &dir,
-        &public,
-        &fingerprint.to_string(),
-        args.from.as_deref(),
-    );
+    let text = match install {
+        InstallKind::Os => os_instructions(&dir, &public),
+        InstallKind::Core | InstallKind::Nixos => instructions(
+            &dir,
+            &public,
+            &fingerprint.to_string(),
+            args.from.as_deref(),
+        ),
+    };
     // A closed pipe (`hapull init | head`) is not a failure: the files are written.
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
     Ok(ExitCode::from(EXIT_OK))
@@ -204,38 +271,59 @@ fn render_config(
 }
 
 /// Writes `contents` under a temporary name, fsyncs it and renames it over `path`, so a crash leaves
-/// either the old file or the complete new one, never a torn key.
+/// either the old file or the complete new one, never a torn key. The mode is set at creation, so the
+/// private key is never readable by others, not even briefly.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| anyhow::anyhow!("{} has no file name", path.display()))?;
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    let result = (|| -> io::Result<()> {
-        // The mode is set at creation, so the private key is never readable by others, not even briefly.
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The process umask may have removed bits the file needs (0644 for the config).
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
-    }
-    Ok(())
+    crate::private_fs::write_atomic_mode(path, contents, mode)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Home Assistant OS / Supervised: the token is all the HA side needs.
+fn os_instructions(dir: &Path, public: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"Wrote {d}/{CONFIG_NAME} for Home Assistant OS / Supervised: [transfer] via = "http", so hapull downloads
+each backup through Home Assistant itself with the token, and no SSH account is needed ([ssh] is commented
+out). A key pair {d}/{KEY_NAME} and {d}/{PUB_NAME} is there too, in case you later prefer SFTP.
+
+== In Home Assistant ==
+
+1. The token: as an administrator, your profile -> Security -> Long-lived access tokens -> Create token.
+   (The backup API and the download are admin-only.)
+
+   Nothing else to install. Home Assistant streams these downloads without ranges, so a download cut
+   mid-way starts over.
+
+   Optional, SFTP instead (a cut download then resumes): install the "Advanced SSH & Web Terminal"
+   add-on, set `sftp: true` in its options, add this key to its authorized_keys:
+
+      {public}
+
+   and in {d}/{CONFIG_NAME} set via = "sftp" and uncomment [ssh] with remote_dir = "/backup", the
+   add-on's user and port; then `hapull trust-host`.
+
+== On this machine ==
+
+2. Store the token:
+
+      install -m 600 /dev/null {d}/{TOKEN_NAME} && nano {d}/{TOKEN_NAME}
+
+3. Edit {d}/{CONFIG_NAME}: [home_assistant] url (https:// with ca_file if HA uses its own certificate),
+   [store] dir, [schedule] timezone. If hapull runs as another user: chown -R hapull: {d}
+
+4. Check everything (it names the install it found), make the first backup, then let it run:
+
+      hapull -c {d}/{CONFIG_NAME} check
+      hapull -c {d}/{CONFIG_NAME} once
+      systemctl enable --now hapull      # or: docker compose up -d, or NixOS services.hapull.enable
+"#
+    )
 }
 
 /// Everything to do next, on the Home Assistant host and here.

@@ -18,6 +18,8 @@ pub struct PullArgs {
 
 pub async fn run_once(global: &Global, _args: OnceArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
+    // Held until this function returns: the store, its ledger and the audit log have one writer.
+    let _lock = super::lock_store(global, &cfg, "once").await?;
     let ctx = build(&cfg).await?;
     let outcome = ctx.run_cycle().await;
     finish(&ctx, outcome).await
@@ -25,6 +27,7 @@ pub async fn run_once(global: &Global, _args: OnceArgs) -> anyhow::Result<ExitCo
 
 pub async fn run_pull(global: &Global, args: PullArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
+    let _lock = super::lock_store(global, &cfg, "pull").await?;
     let ctx = build(&cfg).await?;
     let outcome = ctx.pull_existing(&args.backup_id).await;
     finish(&ctx, outcome).await
@@ -71,7 +74,6 @@ async fn finish(
 async fn build(cfg: &crate::config::Config) -> anyhow::Result<crate::cycle::Context> {
     // Checked before connecting, so a config problem is reported as such.
     crate::service::settings(cfg, true)?;
-    crate::service::ssh_target(cfg)?;
     let audit = crate::service::open_audit(cfg).await?;
     let client = super::connect(cfg, true).await?;
     Ok(crate::service::context(cfg, client, audit, true).await?)

@@ -73,7 +73,7 @@ pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(EXIT_OK));
     }
-    let store = crate::service::open_store(&cfg)?;
+    let store = crate::service::open_store_read_only(&cfg)?;
     let listing = tokio::task::spawn_blocking(move || store.scan()).await??;
     if args.json {
         let items: Vec<_> = listing
@@ -119,7 +119,7 @@ pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
-    let store = crate::service::open_store(&cfg)?;
+    let store = crate::service::open_store_read_only(&cfg)?;
     let password = match &args.password_file {
         Some(path) => Some(super::read_password_file(path)?),
         None => cfg.backup.password.clone(),
@@ -171,15 +171,21 @@ pub async fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<ExitCod
 
 pub async fn prune(global: &Global, args: PruneArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
-    let store = crate::service::open_store(&cfg)?;
     let policy = crate::service::retention(&cfg);
     let tz = crate::service::timezone(&cfg)?;
     if policy.keeps_everything() {
         println!("no keep_* rule is set in [store]: everything is kept");
         return Ok(ExitCode::from(EXIT_OK));
     }
-    let audit = crate::service::open_audit(&cfg).await?;
     let dry_run = args.dry_run;
+    // A dry run only reads; a real one is the store's writer for its duration.
+    let (_lock, store, audit) = if dry_run {
+        (None, crate::service::open_store_read_only(&cfg)?, None)
+    } else {
+        let lock = super::lock_store(global, &cfg, "prune").await?;
+        let store = crate::service::open_store(&cfg)?;
+        (Some(lock), store, crate::service::open_audit(&cfg).await?)
+    };
     let decisions =
         tokio::task::spawn_blocking(move || store.prune(&policy, &tz, dry_run)).await??;
     for d in &decisions {
@@ -201,7 +207,7 @@ pub async fn prune(global: &Global, args: PruneArgs) -> anyhow::Result<ExitCode>
             && let Some(a) = &audit
         {
             a.step(
-                "store.pruned",
+                crate::audit::Kind::StorePruned,
                 json!({"backup_id": d.archive.manifest.backup_id, "path": d.archive.relative_path}),
             )
             .await?;

@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Kind};
 use crate::config::{BackupMode, VerifyLevel};
 use crate::ha::{Backup, BackupApi, Client, HaError};
 use crate::secret::Secret;
 use crate::store::{self, RetentionPolicy, Store, StoredArchive};
-use crate::transfer::{Identity, PullOptions, PullOutcome, SshTarget, TransferError};
+use crate::transfer::{HttpTarget, Identity, PullOptions, PullOutcome, SshTarget, TransferError};
 
 pub use locate::{ha_archive_file_name, peek_backup_json};
 
@@ -98,7 +98,7 @@ pub enum CycleError {
     },
     #[error("Home Assistant reported the backup failed: {reason}")]
     BackupFailed { reason: String },
-    #[error("{step}: gave up after {after:?}: {what}")]
+    #[error("{step}: gave up after {}: {what}", humantime::format_duration(*.after))]
     Timeout {
         step: Step,
         after: Duration,
@@ -120,6 +120,24 @@ impl CycleError {
             | CycleError::Refused { step, .. } => Some(*step),
             CycleError::BackupFailed { .. } => Some(Step::Await),
             CycleError::Audit(_) => None,
+        }
+    }
+
+    /// True when running the cycle again later may succeed: Home Assistant or the SSH host
+    /// unreachable or restarting, or HA's backup manager busy past `blocked_timeout`. A refused
+    /// token, a changed host key, a refusal, a failed backup or a store problem need a person.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CycleError::Ha { source, .. } => source.is_transient(),
+            CycleError::Transfer { source, .. } => match source {
+                TransferError::RetriesExhausted { last, .. } => last.is_transient(),
+                other => other.is_transient(),
+            },
+            CycleError::Timeout { step, .. } => *step == Step::Connect,
+            CycleError::Store { .. }
+            | CycleError::BackupFailed { .. }
+            | CycleError::Refused { .. }
+            | CycleError::Audit(_) => false,
         }
     }
 
@@ -159,6 +177,8 @@ impl<T> At<T> for Result<T, store::StoreError> {
 pub struct Settings {
     pub mode: BackupMode,
     pub shell_command: String,
+    /// The agent keeping HA's local copies; `None`: ask HA (`backup.local`, else `hassio.local`).
+    pub agent_id: Option<String>,
     pub name_template: String,
     pub include_database: bool,
     pub password: Option<Secret>,
@@ -173,13 +193,38 @@ pub struct Settings {
     pub pull: PullOptions,
 }
 
+/// How archives are fetched from the HA side.
+#[derive(Clone)]
+pub enum Source {
+    /// SFTP from `Settings::remote_dir` on the HA host.
+    Sftp {
+        ssh: SshTarget,
+        /// The SSH key, decrypted once when the context is built.
+        identity: Identity,
+    },
+    /// Home Assistant's own download endpoint, `<prefix>/api/backup/download/<id>`, with the token.
+    Http {
+        target: HttpTarget,
+        /// Path HA is served under behind a proxy (usually empty).
+        prefix: String,
+    },
+}
+
+impl Source {
+    /// The host archives come from, as recorded in manifests.
+    pub fn host(&self) -> &str {
+        match self {
+            Source::Sftp { ssh, .. } => &ssh.host,
+            Source::Http { target, .. } => &target.host,
+        }
+    }
+}
+
 /// The long-lived parts a cycle works with.
 #[derive(Clone)]
 pub struct Context {
     pub client: Client,
-    pub ssh: SshTarget,
-    /// The SSH key, decrypted once when the context is built.
-    pub identity: Identity,
+    pub source: Source,
     pub store: Arc<Store>,
     pub audit: Option<AuditLog>,
     pub settings: Settings,
@@ -200,7 +245,14 @@ pub struct Report {
 /// A backup in Home Assistant the cycle works on, and what HA said about it.
 #[derive(Debug, Clone)]
 struct Made {
+    /// The backup id; on a Supervisor install, the job id until the backup is identified.
     backup_id: String,
+    /// The Supervisor job that makes the backup (Supervisor installs, until identified).
+    job_id: Option<String>,
+    /// When hapull asked for it, to tell it from older backups of the same name.
+    requested_at: Option<jiff::Timestamp>,
+    /// The local agent holding the copy (modern API); `None` on the legacy API.
+    agent: Option<String>,
     /// The name hapull asked for (api mode), to find the backup when the job id is not its id.
     requested_name: Option<String>,
     /// HA's view of it (modern: details; legacy: the generate result or list entry).
@@ -208,9 +260,12 @@ struct Made {
 }
 
 impl Made {
-    fn listed(backup: Backup) -> Made {
+    fn listed(backup: Backup, agent: Option<&str>) -> Made {
         Made {
             backup_id: backup.backup_id.clone(),
+            job_id: None,
+            requested_at: None,
+            agent: agent.map(str::to_string),
             requested_name: None,
             backup: Some(backup),
         }
@@ -218,7 +273,7 @@ impl Made {
 }
 
 impl Context {
-    async fn record(&self, kind: &str, data: Value) -> Result<(), CycleError> {
+    async fn record(&self, kind: Kind, data: Value) -> Result<(), CycleError> {
         if let Some(audit) = &self.audit {
             audit
                 .step(kind, data)
@@ -234,7 +289,7 @@ impl Context {
         let span = info_span!("cycle", mode = self.settings.mode.as_str());
         async {
             self.record(
-                "cycle.started",
+                Kind::CycleStarted,
                 json!({"mode": self.settings.mode.as_str()}),
             )
             .await?;
@@ -248,8 +303,8 @@ impl Context {
 
     /// The sequence. Service mode saves every archive its delete command would remove inside Create.
     async fn steps(&self, started: Instant) -> Result<Report, CycleError> {
-        let (api, mut sub) = self.connect().instrument(info_span!("connect")).await?;
-        let made = (self.create(api, sub.as_mut()))
+        let (api, agent, mut sub) = self.connect().instrument(info_span!("connect")).await?;
+        let made = (self.create(api, agent, sub.as_mut()))
             .instrument(info_span!("create"))
             .await?;
         let made = (self.await_completion(api, sub.as_mut(), made))
@@ -271,7 +326,7 @@ impl Context {
             .instrument(info_span!("locate", backup_id = %id))
             .await?;
         let (archive, pulled) = self.save(&made, &remote).await?;
-        self.catch_up(api)
+        self.catch_up(api, made.agent.as_deref())
             .instrument(info_span!("catch_up"))
             .await?;
         let deleted_on_ha = (self.clean_up_ha(api))
@@ -299,10 +354,12 @@ impl Context {
             .ok_or_else(|| {
                 CycleError::refused(
                     Step::Locate,
-                    format!("Home Assistant has no backup {backup_id:?}; `hapull list --remote` shows the ids it has"),
+                    format!("Home Assistant has no backup \"{}\"; `hapull list --remote` shows the ids it has", backup_id.escape_debug()),
                 )
             })?;
-        self.finish(api, Made::listed(backup), started).await
+        let agent = self.local_agent(api, Step::Connect).await?;
+        self.finish(api, Made::listed(backup, agent.as_deref()), started)
+            .await
     }
 
     async fn record_outcome(&self, outcome: &Result<Report, CycleError>) -> Result<(), CycleError> {
@@ -310,7 +367,7 @@ impl Context {
             Ok(r) => {
                 info!(backup_id = %r.backup_id, bytes = r.pull.size, secs = r.duration.as_secs_f64(), "cycle finished: archive committed");
                 self.record(
-                    "cycle.finished",
+                    Kind::CycleFinished,
                     json!({"backup_id": r.backup_id, "size": r.pull.size, "sha256": r.pull.sha256_hex(),
                            "duration_s": r.duration.as_secs_f64(), "deleted_on_ha": r.deleted_on_ha, "pruned": r.pruned}),
                 )
@@ -319,7 +376,7 @@ impl Context {
             Err(e) => {
                 warn!(error = %e, "cycle failed");
                 self.record(
-                    "cycle.failed",
+                    Kind::CycleFailed,
                     json!({"step": e.step().map(Step::as_str), "error": e.to_string()}),
                 )
                 .await

@@ -9,7 +9,8 @@ use jiff::Timestamp;
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{At, Context, CycleError, Made, Step};
+use super::{At, Context, CycleError, Made, Source, Step};
+use crate::audit::Kind;
 use crate::config::VerifyLevel;
 use crate::store::{
     self, ArchiveError, ArchiveSummary, CommitInfo, Keys, Ledger, LedgerEntry, StoreError,
@@ -66,21 +67,26 @@ impl Context {
     ) -> Result<(PathBuf, Pulled), CycleError> {
         let local = self.store.incoming_path(&made.backup_id).at(Step::Pull)?;
         let mut opts = self.settings.pull.clone();
-        opts.expected_size = made.backup.as_ref().and_then(|b| b.size);
+        // The size of the copy on the agent pulled from, as `backup/info` lists it.
+        opts.expected_size = made.backup.as_ref().and_then(|b| {
+            match made.agent.as_deref().and_then(|a| b.on_agent(a)) {
+                Some((size, _)) => size,
+                None => b.size,
+            }
+        });
         // Shared by every attempt, so the Argon2 root key is derived once per backup.
         let keys = (self.settings.password.clone()).map(|p| Arc::new(Mutex::new(Keys::new(p))));
         let mode = self.verify_mode();
         let new_verifier =
             || VerifyFeed(StreamVerifier::start(&made.backup_id, mode, keys.clone()));
-        let (outcome, feed) = transfer::pull_observed(
-            &self.ssh,
-            &self.identity,
-            remote,
-            &local,
-            &opts,
-            new_verifier,
-        )
-        .await
+        let (outcome, feed) = match &self.source {
+            Source::Sftp { ssh, identity } => {
+                transfer::pull_observed(ssh, identity, remote, &local, &opts, new_verifier).await
+            }
+            Source::Http { target, .. } => {
+                transfer::download_observed(target, remote, &local, &opts, new_verifier).await
+            }
+        }
         .at(Step::Pull)?;
         let verifier = feed.0;
         let verdict = tokio::task::spawn_blocking(move || verifier.finish())
@@ -88,7 +94,7 @@ impl Context {
             .map_err(|e| CycleError::refused(Step::Commit, format!("verify task failed: {e}")))?;
         info!(bytes = outcome.size, secs = outcome.duration.as_secs_f64(), sha256 = %outcome.sha256_hex(), "pulled");
         self.record(
-            "pull.finished",
+            Kind::PullFinished,
             json!({"backup_id": made.backup_id, "remote": remote, "size": outcome.size, "sha256": outcome.sha256_hex(),
                    "duration_s": outcome.duration.as_secs_f64(), "attempts": outcome.attempts, "resumed_bytes": outcome.resumed_bytes}),
         )
@@ -120,7 +126,7 @@ impl Context {
                     size: pulled.size,
                     sha256: pulled.sha256,
                     pulled_at: Timestamp::now(),
-                    source_host: self.ssh.host.clone(),
+                    source_host: self.source.host().to_string(),
                     source_path: remote.to_string(),
                     verify: self.verify_mode(),
                     password: None,
@@ -144,7 +150,7 @@ impl Context {
                     warn!(error = %e, "cannot note the commit in the store's list of hapull's backups");
                 }
                 self.record(
-                    "archive.committed",
+                    Kind::ArchiveCommitted,
                     json!({"backup_id": made.backup_id, "path": archive.relative_path, "sha256": archive.manifest.sha256, "size": archive.manifest.size,
                            "verified": level, "protected": archive.manifest.protected, "securetar": archive.manifest.securetar}),
                 )
@@ -166,7 +172,7 @@ impl Context {
                 // A file that failed verification is not kept as if it were a backup; HA's copy stays.
                 let _ = std::fs::remove_file(local);
                 self.record(
-                    "verify.failed",
+                    Kind::VerifyFailed,
                     json!({"backup_id": made.backup_id, "remote": remote, "error": e.to_string()}),
                 )
                 .await?;

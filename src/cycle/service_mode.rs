@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::{At, Context, CycleError, Made, Step};
+use crate::audit::Kind;
 use crate::ha::Backup;
 use crate::store::safe_component;
 use crate::transfer::Session;
@@ -52,7 +53,7 @@ impl Context {
             );
         }
         self.record(
-            "ha.shell_command",
+            Kind::HaShellCommand,
             json!({"service": format!("shell_command.{name}"), "response": r.get("response")}),
         )
         .await?;
@@ -75,7 +76,7 @@ impl Context {
                 "backup.create finished but no new backup appeared in Home Assistant's list",
             )
         })?;
-        Ok(Made::listed(b))
+        Ok(Made::listed(b, None))
     }
 
     /// Lists `remote_dir` and saves every archive without a verified copy, again and again, until a
@@ -94,6 +95,9 @@ impl Context {
                 info!(backup_id = %slug, %path, round, "pulling an archive without a local copy before the delete command runs");
                 let made = Made {
                     backup_id: slug,
+                    job_id: None,
+                    requested_at: None,
+                    agent: None,
                     requested_name: None,
                     backup: None,
                 };
@@ -124,8 +128,9 @@ impl Context {
                 return Err(CycleError::refused(
                     Step::Create,
                     format!(
-                        "refusing to delete: {:?} in {} has an unsafe name",
-                        e.name, self.settings.remote_dir
+                        "refusing to delete: \"{}\" in {} has an unsafe name",
+                        e.name.escape_debug(),
+                        self.settings.remote_dir
                     ),
                 ));
             };

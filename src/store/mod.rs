@@ -21,21 +21,25 @@
 //! from the manifests. The store never deletes an archive on its own: only [`Store::remove`] and
 //! [`Store::prune`] do, and prune never removes the newest archive.
 //!
-//! One process should write to a store at a time. All I/O is blocking; async callers should use
-//! `tokio::task::spawn_blocking`.
+//! One process writes to a store at a time: writers hold the store's [`lock::StoreLock`] and only then
+//! [`Store::open`] it (which repairs what a crash left); readers use [`Store::open_read_only`], which
+//! changes nothing, so a `list` beside a running cycle cannot take its half-written files for leftovers.
+//! Every file and folder the store writes is private ([`crate::private_fs`]). All I/O is blocking;
+//! async callers should use `tokio::task::spawn_blocking`.
 
 mod archive;
 pub mod extract;
 mod ledger;
+pub mod lock;
 mod names;
 mod retention;
 pub mod securetar;
 mod stream_verify;
 mod tar_stream;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -64,7 +68,11 @@ use archive::hash_file;
 pub const SUMS_FILE: &str = "SHA256SUMS";
 
 /// Prefix of every temporary file the store creates; leftovers are removed by [`Store::open`].
-const TMP_PREFIX: &str = ".hapull-tmp-";
+const TMP_PREFIX: &str = crate::private_fs::TMP_PREFIX;
+
+/// A `.partial` download untouched for this long is abandoned (its backup is likely gone from Home
+/// Assistant) and removed, so failed pulls do not fill the disk over months.
+pub const STALE_PARTIAL_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 const INCOMING_DIR: &str = ".incoming";
 
@@ -278,13 +286,8 @@ impl Store {
     /// write permission the store still opens, for reading, and that repair is skipped.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
         let root = dir.as_ref().to_owned();
-        if !root.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&root)
-                .map_err(io_err("create the store directory", &root))?;
-        }
+        crate::private_fs::create_dir_all(&root)
+            .map_err(io_err("create the store directory", &root))?;
         let store = Store { root };
         match store.recover() {
             // Someone who may only read the store (`hapull list` or `verify` as another user, a
@@ -300,8 +303,61 @@ impl Store {
         }
     }
 
+    /// Opens the store at `dir` for reading: creates nothing, repairs nothing (a writer may be at work).
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let root = dir.as_ref().to_owned();
+        fs::metadata(&root).map_err(io_err("open the store directory", &root))?;
+        Ok(Store { root })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Removes `.partial` downloads (and their sidecars) in the incoming folder not written to for
+    /// `max_age`, logging each; returns what was removed. Only a lock holder may call this.
+    pub fn remove_stale_partials(
+        &self,
+        max_age: std::time::Duration,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let dir = self.root.join(INCOMING_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("list", &dir)(e)),
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !(name.ends_with(".partial") || name.ends_with(".partial.meta")) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if !meta.is_file() || age < max_age {
+                continue;
+            }
+            let path = entry.path();
+            warn!(
+                path = %path.display(),
+                bytes = meta.len(),
+                age_days = age.as_secs() / 86_400,
+                "removing a partial download untouched for over a week"
+            );
+            remove_if_present(&path)?;
+            removed.push(path);
+        }
+        if !removed.is_empty() {
+            fsync_dir(&dir)?;
+        }
+        Ok(removed)
     }
 
     /// Where to pull the archive of `backup_id` before committing it: inside the store, so the commit
@@ -310,6 +366,7 @@ impl Store {
         let id = safe_component(backup_id)?;
         let dir = self.root.join(INCOMING_DIR);
         ensure_dir(&self.root, &dir)?;
+        self.remove_stale_partials(STALE_PARTIAL_AGE)?;
         Ok(dir.join(format!("{id}.tar")))
     }
 
@@ -449,8 +506,13 @@ impl Store {
 
         ensure_dir(&self.root, &self.root.join(&year))?;
         ensure_dir(&self.root.join(&year), &dir)?;
+        // The archive keeps this file's inode (it is linked into place): make it private first, whatever
+        // mode the pull or an older version left.
         File::open(partial)
-            .and_then(|f| f.sync_all())
+            .and_then(|f| {
+                crate::private_fs::make_private(&f)?;
+                f.sync_all()
+            })
             .map_err(io_err("flush to disk", partial))?;
         let mut json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| io_err("encode", &manifest_path)(io::Error::other(e)))?;
@@ -695,6 +757,7 @@ impl Store {
     /// Brings the store back to a consistent state after a crash.
     fn recover(&self) -> Result<(), StoreError> {
         remove_temp_files(&self.root)?;
+        self.remove_stale_partials(STALE_PARTIAL_AGE)?;
         for (_, year_dir) in subdirs(&self.root, 4)? {
             for (_, month_dir) in subdirs(&year_dir, 2)? {
                 remove_temp_files(&month_dir)?;
@@ -820,55 +883,36 @@ fn remove_if_present(path: &Path) -> Result<(), StoreError> {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("flush the directory", dir))
+    crate::private_fs::sync_dir(dir).map_err(io_err("flush the directory", dir))
 }
 
 fn fsync_parent(path: &Path) -> Result<(), StoreError> {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => fsync_dir(p),
-        _ => fsync_dir(Path::new(".")),
-    }
+    fsync_dir(&crate::private_fs::parent_of(path))
 }
 
 /// Creates `dir` (mode 0700) if missing and makes its entry in `parent` durable.
 fn ensure_dir(parent: &Path, dir: &Path) -> Result<(), StoreError> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => fsync_dir(parent),
+    match fs::DirBuilder::new()
+        .mode(crate::private_fs::DIR_MODE)
+        .create(dir)
+    {
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(crate::private_fs::DIR_MODE))
+                .map_err(io_err("set mode 0700 on", dir))?;
+            fsync_dir(parent)
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(io_err("create the directory", dir)(e)),
     }
 }
 
 fn temp_path_for(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!("{TMP_PREFIX}{name}.{:016x}", fastrand::u64(..)))
+    crate::private_fs::temp_path_for(target)
 }
 
-/// Writes `data` to `target` so that a crash leaves the old content or the new, never a mix: temp
-/// file in the same directory, fsync, rename, fsync the directory.
+/// Writes `data` to `target` so that a crash leaves the old content or the new, never a mix.
 fn write_atomic(target: &Path, data: &[u8]) -> Result<(), StoreError> {
-    let tmp = temp_path_for(target);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        f.write_all(data).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("flush to disk", &tmp))?;
-        fs::rename(&tmp, target).map_err(io_err("rename into place", target))?;
-        fsync_parent(target)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::private_fs::write_atomic(target, data).map_err(io_err("write", target))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -924,12 +968,7 @@ fn link_no_replace(from: &Path, to: &Path) -> io::Result<()> {
 
 fn copy_durably(from: &Path, tmp: &Path, sha256: &[u8; 32]) -> Result<(), StoreError> {
     let mut src = File::open(from).map_err(io_err("read", from))?;
-    let mut dst = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(io_err("create", tmp))?;
+    let mut dst = crate::private_fs::create_new(tmp).map_err(io_err("create", tmp))?;
     io::copy(&mut src, &mut dst).map_err(io_err("copy into", tmp))?;
     dst.sync_all().map_err(io_err("flush to disk", tmp))?;
     let (_, copied) = hash_file(tmp).map_err(io_err("read", tmp))?;

@@ -1,4 +1,6 @@
-//! SFTP pull engine: fetch one remote file into a local path, byte-exact, hashed, resumable, atomic.
+//! Pull engines: fetch one remote file into a local path, byte-exact, hashed, resumable, atomic —
+//! over SFTP ([`pull`]) or HTTPS ([`download`], in `http.rs`). Both hand every chunk to the same
+//! writer, so whatever checks the bytes on the way sees one stream whichever transport brought it.
 //!
 //! It connects with russh, verifies the host key (known_hosts or pinned fingerprints, never "accept
 //! anything"), logs in with a key, and pulls with many SFTP reads outstanding while a writer thread
@@ -13,6 +15,7 @@
 
 mod error;
 mod hostkey;
+mod http;
 mod pull;
 mod session;
 
@@ -25,6 +28,7 @@ use bytes::Bytes;
 
 pub use error::TransferError;
 pub use hostkey::{HostKeyInfo, HostKeyPolicy};
+pub use http::{HttpTarget, download, download_observed};
 pub use session::{Identity, RemoteEntry, Session, SessionOptions, load_identity, scan_host_key};
 
 use crate::secret::Secret;

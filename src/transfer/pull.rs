@@ -4,7 +4,6 @@
 //! Invariant: the destination name appears only after size checks pass, via rename of a fsynced file.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use super::session::Session;
 use super::{ByteObserver, PullOptions, PullOutcome, TransferError};
 
 /// Chunks queued between the network and the writer; bounds memory together with the read window.
-const WRITER_QUEUE: usize = 16;
+pub(super) const WRITER_QUEUE: usize = 16;
 /// Dirty bytes after which the writer asks the kernel to start writing them out, so the disk works
 /// while the network does and the final fsync has little left to do.
 const WRITEBACK_STEP: u64 = 32 * 1024 * 1024;
@@ -83,7 +82,7 @@ fn resume_point(paths: &LocalPaths, wanted_meta: &str, size: u64) -> Result<u64,
     Ok(0)
 }
 
-fn available_space(dir: &Path) -> std::io::Result<u64> {
+pub(super) fn available_space(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -112,38 +111,32 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
-fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
+pub(super) fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
+    crate::private_fs::write_atomic(path, text.as_bytes())
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    crate::private_fs::sync_dir(dir)
 }
 
 /// The writer side: re-hashes the kept prefix, then appends and hashes each chunk in order. The
 /// observer sees every byte from offset 0: the kept prefix as it is re-read, then each chunk once it
-/// is written.
-fn writer<O: ByteObserver>(
+/// is written. Shared by every transport, so the observer sees the same stream whichever way the
+/// bytes came.
+pub(super) fn writer<O: ByteObserver>(
     partial: PathBuf,
     keep: u64,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     mut observer: O,
 ) -> Result<([u8; 32], u64, O), TransferError> {
-    // Private whatever the umask: a backup holds secrets.
-    let mut file = std::fs::OpenOptions::new()
+    // Private from the first byte: an unprotected backup holds every secret of the home.
+    let mut file = crate::private_fs::options()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .mode(0o600)
         .open(&partial)
+        .and_then(|f| crate::private_fs::make_private(&f).map(|()| f))
         .map_err(|e| TransferError::local("open", &partial, e))?;
     file.set_len(keep)
         .map_err(|e| TransferError::local("truncate", &partial, e))?;
@@ -185,7 +178,7 @@ fn writer<O: ByteObserver>(
     Ok((sha, total, observer))
 }
 
-struct Progress {
+pub(super) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     started: Instant,
     last_log: Instant,
@@ -194,7 +187,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(show_bar: bool, base: u64, size: u64) -> Self {
+    pub(super) fn new(show_bar: bool, base: u64, size: u64) -> Self {
         use std::io::IsTerminal;
         let bar = (show_bar && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(size);
@@ -216,7 +209,7 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, done: u64) {
+    pub(super) fn update(&mut self, done: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(done);
         } else if self.last_log.elapsed() >= LOG_INTERVAL {
@@ -232,7 +225,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
