@@ -506,6 +506,10 @@ impl CycleJob {
                     transfer_duration: r.pull.duration,
                     archive_bytes: Some(r.pull.size),
                 });
+                self.metrics.archive_verified(
+                    r.archive.manifest.verified == Some(crate::store::Level::Full),
+                    r.archive.manifest.protected,
+                );
                 Ok((r, duration))
             }
             Err(e) => {

@@ -62,6 +62,7 @@ pub async fn run(global: &Global, _args: CheckArgs) -> anyhow::Result<ExitCode> 
     check_home_assistant(&cfg, &mut report).await;
     check_ssh(&cfg, &mut report).await;
     check_store(&cfg, &mut report);
+    check_verification(&cfg, &mut report);
     if report.failed() {
         println!("not ready: fix the FAIL lines above");
         Ok(ExitCode::from(EXIT_FAILED))
@@ -330,6 +331,35 @@ async fn check_ssh(cfg: &Config, report: &mut Report) {
         Err(e) => report.add(Level::Fail, "remote_dir", e.to_string()),
     }
     session.close().await;
+}
+
+/// What a commit will prove about each archive, and whether protected backups can be read.
+fn check_verification(cfg: &Config, report: &mut Report) {
+    use crate::config::VerifyLevel;
+    let Some(store) = &cfg.store else {
+        return;
+    };
+    match (store.verify, cfg.backup.password.is_some()) {
+        (VerifyLevel::Structure, _) => report.add(
+            Level::Warn,
+            "verify",
+            "verify = \"structure\": inner archives are not read, archives are committed at \
+             structure level only; set verify = \"full\" to check every byte",
+        ),
+        (VerifyLevel::Full, true) => report.add(
+            Level::Ok,
+            "verify",
+            "full: every inner archive is read to its end; protected backups are decrypted with \
+             the configured password",
+        ),
+        (VerifyLevel::Full, false) => report.add(
+            Level::Warn,
+            "verify",
+            "no backup password configured: unprotected backups are verified in full, \
+             password-protected ones (Home Assistant encrypts automatic backups by default) only \
+             at structure level; set password_file in [backup] to verify them fully",
+        ),
+    }
 }
 
 /// The store folder exists (or can be made) and is writable.

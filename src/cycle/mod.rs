@@ -325,12 +325,7 @@ impl Context {
         let remote = (self.locate(api, &made))
             .instrument(info_span!("locate", backup_id = %id))
             .await?;
-        let (local, pulled) = (self.pull(&made, &remote))
-            .instrument(info_span!("pull", backup_id = %id))
-            .await?;
-        let archive = (self.commit(&made, &remote, &local, &pulled))
-            .instrument(info_span!("commit", backup_id = %id))
-            .await?;
+        let (archive, pulled) = self.save(&made, &remote).await?;
         self.catch_up(api, made.agent.as_deref())
             .instrument(info_span!("catch_up"))
             .await?;

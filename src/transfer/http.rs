@@ -26,7 +26,7 @@ use tokio::io::{
 };
 
 use super::pull::{self, Progress};
-use super::{PullOptions, PullOutcome, TransferError};
+use super::{ByteObserver, PullOptions, PullOutcome, TransferError};
 use crate::secret::Secret;
 
 /// Largest response head accepted (status line plus headers).
@@ -98,6 +98,20 @@ pub async fn download(
     local: &Path,
     opts: &PullOptions,
 ) -> Result<PullOutcome, TransferError> {
+    download_observed(target, path, local, opts, || ())
+        .await
+        .map(|(outcome, ())| outcome)
+}
+
+/// [`download`], showing every byte to an observer made by `new_observer` for each attempt (see
+/// [`ByteObserver`]); returns the observer of the attempt that completed.
+pub async fn download_observed<O: ByteObserver>(
+    target: &HttpTarget,
+    path: &str,
+    local: &Path,
+    opts: &PullOptions,
+    new_observer: impl Fn() -> O + Sync,
+) -> Result<(PullOutcome, O), TransferError> {
     if !path.starts_with('/') || path.contains(['\r', '\n', ' ', '#']) {
         return Err(TransferError::HttpProtocol {
             url: target.url(""),
@@ -108,7 +122,7 @@ pub async fn download(
     let attempts = AtomicU32::new(0);
     let attempt = || async {
         attempts.fetch_add(1, Ordering::Relaxed);
-        download_once(target, path, local, opts).await
+        download_once(target, path, local, opts, new_observer()).await
     };
     let backoff = ExponentialBuilder::default()
         .with_min_delay(opts.min_backoff)
@@ -126,10 +140,10 @@ pub async fn download(
         .await;
     let attempts = attempts.load(Ordering::Relaxed);
     match result {
-        Ok(mut outcome) => {
+        Ok((mut outcome, observer)) => {
             outcome.attempts = attempts;
             outcome.duration = started.elapsed();
-            Ok(outcome)
+            Ok((outcome, observer))
         }
         Err(e) if e.is_transient() && attempts > 1 => Err(TransferError::RetriesExhausted {
             attempts,
@@ -210,12 +224,13 @@ enum Framing {
     Close,
 }
 
-async fn download_once(
+async fn download_once<O: ByteObserver>(
     target: &HttpTarget,
     path: &str,
     local: &Path,
     opts: &PullOptions,
-) -> Result<PullOutcome, TransferError> {
+    observer: O,
+) -> Result<(PullOutcome, O), TransferError> {
     let started = Instant::now();
     let url = target.url(path);
     let paths = pull::local_paths(local)?;
@@ -358,7 +373,7 @@ async fn download_once(
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(pull::WRITER_QUEUE);
     let partial = paths.partial.clone();
-    let writer = tokio::task::spawn_blocking(move || pull::writer(partial, keep, rx));
+    let writer = tokio::task::spawn_blocking(move || pull::writer(partial, keep, rx, observer));
     let body_len = match framing {
         Framing::Length(n) => Some(n),
         _ => None,
@@ -382,7 +397,7 @@ async fn download_once(
         )
     })?;
     // A failed write stops the reader too; the writer's error says why.
-    let (sha256, total) = written?;
+    let (sha256, total, observer) = written?;
     let received = fetched?;
     if let Some(n) = body_len
         && received != n
@@ -415,13 +430,14 @@ async fn download_once(
         .map_err(|e| TransferError::local("rename into place", local, e))?;
     remove_if_exists(&paths.meta)?;
     pull::sync_dir(&paths.dir).map_err(|e| TransferError::local("fsync", &paths.dir, e))?;
-    Ok(PullOutcome {
+    let outcome = PullOutcome {
         size: total,
         sha256,
         duration: started.elapsed(),
         resumed_bytes: keep,
         attempts: 1,
-    })
+    };
+    Ok((outcome, observer))
 }
 
 fn dropped(url: &str, e: &std::io::Error) -> TransferError {

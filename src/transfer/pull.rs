@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::StatusCode;
 
 use super::session::Session;
-use super::{PullOptions, PullOutcome, TransferError};
+use super::{ByteObserver, PullOptions, PullOutcome, TransferError};
 
 /// Chunks queued between the network and the writer; bounds memory together with the read window.
 pub(super) const WRITER_QUEUE: usize = 16;
@@ -118,13 +119,16 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     crate::private_fs::sync_dir(dir)
 }
 
-/// The writer side: re-hashes the kept prefix, then appends and hashes each chunk in order.
-/// Shared by every transport, so whatever observes the bytes sees the same stream whichever way they came.
-pub(super) fn writer(
+/// The writer side: re-hashes the kept prefix, then appends and hashes each chunk in order. The
+/// observer sees every byte from offset 0: the kept prefix as it is re-read, then each chunk once it
+/// is written. Shared by every transport, so the observer sees the same stream whichever way the
+/// bytes came.
+pub(super) fn writer<O: ByteObserver>(
     partial: PathBuf,
     keep: u64,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-) -> Result<([u8; 32], u64), TransferError> {
+    mut observer: O,
+) -> Result<([u8; 32], u64, O), TransferError> {
     // Private from the first byte: an unprotected backup holds every secret of the home.
     let mut file = crate::private_fs::options()
         .create(true)
@@ -148,6 +152,7 @@ pub(super) fn writer(
         }
         let n = n.min(usize::try_from(keep - hashed).unwrap_or(n));
         ctx.update(&buf[..n]);
+        observer.observe(Bytes::copy_from_slice(&buf[..n]));
         hashed += n as u64;
     }
     drop(buf);
@@ -160,6 +165,7 @@ pub(super) fn writer(
             .map_err(|e| TransferError::local("write", &partial, e))?;
         ctx.update(&chunk);
         total += chunk.len() as u64;
+        observer.observe(Bytes::from(chunk));
         if total - flushed >= WRITEBACK_STEP {
             start_writeback(&file, flushed, total - flushed);
             flushed = total;
@@ -169,7 +175,7 @@ pub(super) fn writer(
         .map_err(|e| TransferError::local("fsync", &partial, e))?;
     let mut sha = [0u8; 32];
     sha.copy_from_slice(ctx.finish().as_ref());
-    Ok((sha, total))
+    Ok((sha, total, observer))
 }
 
 pub(super) struct Progress {
@@ -226,25 +232,27 @@ impl Progress {
     }
 }
 
-pub(crate) async fn pull_once(
+pub(crate) async fn pull_once<O: ByteObserver>(
     s: &Session,
     remote: &str,
     local: &Path,
     opts: &PullOptions,
-) -> Result<PullOutcome, TransferError> {
+    observer: O,
+) -> Result<(PullOutcome, O), TransferError> {
     let handle = s.open_read(remote).await?;
-    let result = pull_open(s, &handle, remote, local, opts).await;
+    let result = pull_open(s, &handle, remote, local, opts, observer).await;
     let _ = s.sftp.close(handle).await;
     result
 }
 
-async fn pull_open(
+async fn pull_open<O: ByteObserver>(
     s: &Session,
     handle: &str,
     remote: &str,
     local: &Path,
     opts: &PullOptions,
-) -> Result<PullOutcome, TransferError> {
+    observer: O,
+) -> Result<(PullOutcome, O), TransferError> {
     let started = Instant::now();
     let attrs = s
         .sftp
@@ -301,7 +309,7 @@ async fn pull_open(
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WRITER_QUEUE);
     let partial = paths.partial.clone();
-    let writer = tokio::task::spawn_blocking(move || writer(partial, keep, rx));
+    let writer = tokio::task::spawn_blocking(move || writer(partial, keep, rx, observer));
 
     let fetched = fetch(s, handle, remote, keep, size, opts, tx).await;
     let written = writer.await.map_err(|e| {
@@ -312,7 +320,7 @@ async fn pull_open(
         )
     })?;
     // A failed write makes the reader stop too; the writer's error is the one that explains why.
-    let (sha256, total) = written?;
+    let (sha256, total, observer) = written?;
     fetched?;
 
     let after = s
@@ -344,13 +352,16 @@ async fn pull_open(
     }
     sync_dir(&paths.dir).map_err(|e| TransferError::local("fsync", &paths.dir, e))?;
 
-    Ok(PullOutcome {
-        size,
-        sha256,
-        duration: started.elapsed(),
-        resumed_bytes: keep,
-        attempts: 1,
-    })
+    Ok((
+        PullOutcome {
+            size,
+            sha256,
+            duration: started.elapsed(),
+            resumed_bytes: keep,
+            attempts: 1,
+        },
+        observer,
+    ))
 }
 
 /// Keeps `s.outstanding` reads in flight and hands the answers, in file order, to the writer.
