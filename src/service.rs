@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -17,10 +18,10 @@ use tracing::{info, warn};
 
 use crate::audit::{AuditLog, AuditOptions, Kind};
 use crate::config::{Config, VerifyLevel};
-use crate::cycle::{Context, Report, Settings};
+use crate::cycle::{Context, CycleError, Report, Settings};
 use crate::daemon::{
-    Clock, CycleReport, Metrics, Notifier, Outcome, RunReason, Schedule, Scheduler, StateFile,
-    StatusServer, Tick,
+    Clock, CycleReport, Metrics, Notifier, Outcome, PendingRetry, RetryAt, RetryOutcome,
+    RetryPolicy, RunReason, Schedule, Scheduler, StateFile, StatusServer, Tick, retry_until,
 };
 use crate::ha::{Client, ClientOptions, ConnectionState, HaError, SubItem};
 use crate::store::{RetentionPolicy, Store};
@@ -189,22 +190,23 @@ async fn connect_with_retry(
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<Option<Client>, ServiceError> {
     let opts = client_options(cfg, true)?;
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match Client::connect(opts.clone()).await {
-            Ok(c) => return Ok(Some(c)),
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, retry_in = ?delay, "Home Assistant is not reachable yet");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let jittered =
-            delay + Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 4));
-        tokio::select! {
-            _ = tokio::time::sleep(jittered) => {}
-            _ = &mut *shutdown => return Ok(None),
-        }
-        delay = (delay * 2).min(Duration::from_secs(60));
+    let connect = (|| Client::connect(opts.clone()))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(Duration::from_secs(60))
+                .with_jitter()
+                .without_max_times(),
+        )
+        .sleep(tokio::time::sleep)
+        .when(HaError::is_transient)
+        .notify(|e, retry_in| {
+            warn!(error = %e, retry_in = %humantime::format_duration(retry_in), "Home Assistant is not reachable yet");
+        });
+    // A connection attempt may be dropped at any point: nothing is half-done on either side.
+    tokio::select! {
+        connected = connect => Ok(Some(connected?)),
+        _ = &mut *shutdown => Ok(None),
     }
 }
 
@@ -219,6 +221,13 @@ pub async fn run(
     let tz = timezone(&cfg)?;
     let schedule = Schedule::parse(&cfg.schedule.cron, tz)
         .map_err(|e| ServiceError::Config(format!("[schedule] cron: {e}")))?;
+    // Retries of a failed cycle stop when the next run is due; the scheduler owns its own copy.
+    let next_runs = schedule.clone();
+    let retry = RetryPolicy {
+        min_delay: cfg.schedule.retry_min,
+        max_delay: cfg.schedule.retry_max,
+        seed: None,
+    };
     if let Some(dir) = cfg.schedule.state_file.parent() {
         crate::private_fs::create_dir_all(dir)
             .map_err(|e| setup(format!("creating {}: {e}", dir.display())))?;
@@ -303,7 +312,17 @@ pub async fn run(
                         RunReason::CatchUp { missed } => format!("catching up a run missed at {missed}"),
                     };
                     info!(%scheduled_for, reason = %why, "starting a cycle");
-                    let job = CycleJob { ctx: ctx.clone(), metrics: metrics.clone(), state: state.clone(), notifier: notifier.clone(), clock: clock.clone(), notify_ha: cfg.notify.home_assistant };
+                    let job = CycleJob {
+                        ctx: ctx.clone(),
+                        metrics: metrics.clone(),
+                        state: state.clone(),
+                        notifier: notifier.clone(),
+                        clock: clock.clone(),
+                        notify_ha: cfg.notify.home_assistant,
+                        retry,
+                        next_due: next_runs.next_after(scheduled_for),
+                        stop: stop_tx.subscribe(),
+                    };
                     running = Some(tokio::spawn(async move {
                         let _running = guard;
                         job.run().await;
@@ -356,10 +375,64 @@ struct CycleJob {
     notifier: Notifier,
     clock: Clock,
     notify_ha: bool,
+    retry: RetryPolicy,
+    /// When the next scheduled run is due: retries stop before it.
+    next_due: Option<Timestamp>,
+    /// Becomes true on shutdown: a wait for a retry ends at once (a running attempt is not cut).
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl CycleJob {
+    /// Runs the cycle; a transient failure is retried with backoff until the next scheduled run, a
+    /// permanent one is alerted at once. Only the final outcome is notified.
     async fn run(self) {
+        let mut stop = self.stop.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|v| *v).await;
+        };
+        let outcome = retry_until(
+            &self.retry,
+            &self.clock,
+            self.next_due,
+            stopped,
+            CycleError::is_transient,
+            || self.attempt(),
+            |pending, e| self.retrying(pending, e),
+        )
+        .await;
+        self.metrics.cycle_retry_cleared();
+        if let Err(e) = self.state.clear_retry() {
+            warn!(error = %e, "cannot clear the pending retry in the state file");
+        }
+        match outcome {
+            RetryOutcome::Succeeded {
+                value: (r, duration),
+                attempts,
+            } => {
+                if attempts > 1 {
+                    info!(attempts, "the cycle succeeded after retrying");
+                }
+                self.notify_success(&r, duration).await;
+            }
+            RetryOutcome::Permanent { error, .. } => {
+                tracing::error!(error = %error, "the cycle failed for a reason retrying cannot fix; not retried");
+                self.notify_failure(&error.to_string()).await;
+            }
+            RetryOutcome::Exhausted { error, attempts } => {
+                warn!(attempts, error = %error, "the cycle still fails; the next scheduled run tries again");
+                self.notify_failure(&format!(
+                    "{error} (tried {attempts} time(s); retries stopped because the next scheduled run is due)"
+                ))
+                .await;
+            }
+            RetryOutcome::Stopped { error, attempts } => {
+                info!(attempts, error = %error, "shutting down while waiting to retry the failed cycle");
+            }
+        }
+    }
+
+    /// One run of the cycle, counted in the metrics.
+    async fn attempt(&self) -> Result<(Report, Duration), CycleError> {
         let started = self.clock.now();
         self.metrics.cycle_started(started);
         let outcome = self.ctx.run_cycle().await;
@@ -378,7 +451,7 @@ impl CycleJob {
                     transfer_duration: r.pull.duration,
                     archive_bytes: Some(r.pull.size),
                 });
-                self.notify_success(&r, duration).await;
+                Ok((r, duration))
             }
             Err(e) => {
                 self.metrics.cycle_finished(&CycleReport {
@@ -389,8 +462,32 @@ impl CycleJob {
                     transfer_duration: Duration::ZERO,
                     archive_bytes: None,
                 });
-                self.notify_failure(&e.to_string()).await;
+                Err(e)
             }
+        }
+    }
+
+    fn retrying(&self, pending: &PendingRetry, error: &CycleError) {
+        warn!(
+            attempt = pending.attempt,
+            retry_in = %humantime::format_duration(Duration::from_secs(pending.delay.as_secs())),
+            at = %pending.at,
+            error = %error,
+            "the cycle failed for a transient reason; retrying"
+        );
+        self.metrics.cycle_retry_scheduled(pending.at);
+        if let Err(e) = self.state.record_retry(RetryAt {
+            attempt: pending.attempt,
+            at: pending.at,
+        }) {
+            warn!(error = %e, "cannot record the pending retry in the state file");
+        }
+        if let Some(a) = &self.ctx.audit {
+            a.event(
+                "cycle.retry",
+                json!({"attempt": pending.attempt, "delay_s": pending.delay.as_secs_f64(),
+                       "at": pending.at.to_string(), "error": error.to_string()}),
+            );
         }
     }
 

@@ -120,29 +120,34 @@ pub struct DemoArgs {
 /// Sets up tracing on standard error.
 pub fn init_tracing(global: &Global) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::prelude::*;
     let default = match (global.quiet, global.verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
         (false, 1) => "hapull=debug,info",
         (false, _) => "hapull=trace,debug",
     };
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // The WebSocket library logs every frame at trace level, and frames carry the access token (the
-    // `auth` message) and the backup password (`backup/generate`): capped at debug whatever RUST_LOG
-    // says, so `-vv` or RUST_LOG=trace never prints a secret. Added last so they win over RUST_LOG.
-    for quiet in ["tungstenite=debug", "tokio_tungstenite=debug"] {
-        if let Ok(d) = quiet.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // `auth` message) and the backup password (`backup/generate`): those records are dropped whatever
+    // RUST_LOG says, so `-vv` or RUST_LOG=trace never prints a secret. A filter of its own rather than
+    // an EnvFilter directive, which could only set the library's level, not cap it.
+    let no_frames = filter_fn(|meta| {
+        !(*meta.level() == tracing::Level::TRACE
+            && (meta.target().starts_with("tungstenite")
+                || meta.target().starts_with("tokio_tungstenite")))
+    });
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match global.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry.with(layer.with_filter(no_frames)).try_init(),
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_filter(no_frames))
+            .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }

@@ -123,6 +123,24 @@ impl CycleError {
         }
     }
 
+    /// True when running the cycle again later may succeed: Home Assistant or the SSH host
+    /// unreachable or restarting, or HA's backup manager busy past `blocked_timeout`. A refused
+    /// token, a changed host key, a refusal, a failed backup or a store problem need a person.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CycleError::Ha { source, .. } => source.is_transient(),
+            CycleError::Transfer { source, .. } => match source {
+                TransferError::RetriesExhausted { last, .. } => last.is_transient(),
+                other => other.is_transient(),
+            },
+            CycleError::Timeout { step, .. } => *step == Step::Connect,
+            CycleError::Store { .. }
+            | CycleError::BackupFailed { .. }
+            | CycleError::Refused { .. }
+            | CycleError::Audit(_) => false,
+        }
+    }
+
     fn refused(step: Step, message: impl Into<String>) -> CycleError {
         CycleError::Refused {
             step,

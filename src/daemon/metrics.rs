@@ -58,6 +58,8 @@ struct Values {
     skipped: u64,
     pulled_bytes: u64,
     ha_connected: bool,
+    retries: u64,
+    next_retry: Option<Timestamp>,
 }
 
 /// A snapshot of the recorded values.
@@ -71,6 +73,10 @@ pub struct Snapshot {
     pub cycles_skipped: u64,
     pub pulled_bytes: u64,
     pub ha_connected: bool,
+    /// Retries of failed cycles since the daemon started.
+    pub cycle_retries: u64,
+    /// When a pending retry is due.
+    pub next_retry: Option<Timestamp>,
 }
 
 /// The metrics registry. Cheap to clone; all clones share the values.
@@ -122,6 +128,18 @@ impl Metrics {
         }
     }
 
+    /// A failed cycle will be retried at `at`.
+    pub fn cycle_retry_scheduled(&self, at: Timestamp) {
+        let mut v = self.lock();
+        v.retries = v.retries.saturating_add(1);
+        v.next_retry = Some(at);
+    }
+
+    /// No retry is pending any more.
+    pub fn cycle_retry_cleared(&self) {
+        self.lock().next_retry = None;
+    }
+
     /// A due run was skipped because a cycle was still running.
     pub fn cycle_skipped(&self) {
         self.lock().skipped += 1;
@@ -143,6 +161,8 @@ impl Metrics {
             cycles_skipped: v.skipped,
             pulled_bytes: v.pulled_bytes,
             ha_connected: v.ha_connected,
+            cycle_retries: v.retries,
+            next_retry: v.next_retry,
         }
     }
 
@@ -209,6 +229,17 @@ impl Metrics {
                 outcome.as_str()
             );
         }
+        gauge_line(
+            &mut out,
+            "hapull_next_retry_timestamp_seconds",
+            "When a failed cycle will be retried, as a Unix timestamp (0: no retry pending).",
+            ts(v.next_retry),
+        );
+        let _ = write!(
+            out,
+            "# HELP hapull_cycle_retries_total Retries of failed backup cycles (transient failures: Home Assistant or SSH unreachable, backup manager busy).\n# TYPE hapull_cycle_retries_total counter\nhapull_cycle_retries_total {}\n",
+            v.retries
+        );
         let _ = write!(
             out,
             "# HELP hapull_pulled_bytes_total Bytes pulled from Home Assistant.\n# TYPE hapull_pulled_bytes_total counter\nhapull_pulled_bytes_total {}\n",
@@ -226,6 +257,14 @@ impl Metrics {
         // Plain numbers, each update complete in itself: a poisoned lock still holds usable values.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn gauge_line(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n",
+        fmt_f64(value)
+    );
 }
 
 fn fmt_f64(v: f64) -> String {

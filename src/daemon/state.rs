@@ -1,5 +1,5 @@
 //! The daemon's small state file: when the last scheduled run was due, when the last cycle
-//! succeeded, when the daemon started.
+//! succeeded, when the daemon started, how many failed cycles were retried and which retry is due.
 //!
 //! It lets a restarted daemon catch up a run missed while the machine was down, and lets
 //! `hapull health` (a separate process) judge health by the same rule as `/healthz`. It holds only
@@ -42,6 +42,17 @@ pub struct State {
     pub last_success: Option<Timestamp>,
     /// When the daemon last started.
     pub started_at: Option<Timestamp>,
+    /// Retries of failed cycles, counted over the daemon's whole life (kept across restarts).
+    pub retries: u64,
+    /// A retry that is waiting to run: which attempt, and when.
+    pub pending_retry: Option<RetryAt>,
+}
+
+/// A retry of a failed cycle that is due at `at`; `attempt` 2 is the first retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAt {
+    pub attempt: u32,
+    pub at: Timestamp,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -52,6 +63,16 @@ struct OnDisk {
     last_success: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    retries: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_retry: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl State {
@@ -79,10 +100,16 @@ impl State {
             })
             .transpose()
         };
+        let next_retry = ts("next_retry", disk.next_retry)?;
         Ok(State {
             last_scheduled_run: ts("last_scheduled_run", disk.last_scheduled_run)?,
             last_success: ts("last_success", disk.last_success)?,
             started_at: ts("started_at", disk.started_at)?,
+            retries: disk.retries,
+            pending_retry: match (disk.retry_attempt, next_retry) {
+                (Some(attempt), Some(at)) => Some(RetryAt { attempt, at }),
+                _ => None,
+            },
         })
     }
 
@@ -97,6 +124,9 @@ impl State {
             last_scheduled_run: self.last_scheduled_run.map(|t| t.to_string()),
             last_success: self.last_success.map(|t| t.to_string()),
             started_at: self.started_at.map(|t| t.to_string()),
+            retries: self.retries,
+            retry_attempt: self.pending_retry.map(|r| r.attempt),
+            next_retry: self.pending_retry.map(|r| r.at.to_string()),
         };
         let mut text =
             serde_json::to_string_pretty(&disk).map_err(|e| werr(std::io::Error::other(e)))?;
@@ -143,9 +173,28 @@ impl StateFile {
         self.update(|s| s.last_scheduled_run = Some(at))
     }
 
-    /// Records a successful cycle that finished at `at`.
+    /// Records a successful cycle that finished at `at` (no retry is pending any more).
     pub fn record_success(&self, at: Timestamp) -> Result<(), StateError> {
-        self.update(|s| s.last_success = Some(at))
+        self.update(|s| {
+            s.last_success = Some(at);
+            s.pending_retry = None;
+        })
+    }
+
+    /// Records that a failed cycle will be retried (counted in `retries`).
+    pub fn record_retry(&self, retry: RetryAt) -> Result<(), StateError> {
+        self.update(|s| {
+            s.retries = s.retries.saturating_add(1);
+            s.pending_retry = Some(retry);
+        })
+    }
+
+    /// Records that no retry is pending (the cycle failed for good, or shutdown came first).
+    pub fn clear_retry(&self) -> Result<(), StateError> {
+        if self.get().pending_retry.is_none() {
+            return Ok(());
+        }
+        self.update(|s| s.pending_retry = None)
     }
 
     fn update(&self, f: impl FnOnce(&mut State)) -> Result<(), StateError> {

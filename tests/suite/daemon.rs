@@ -590,6 +590,8 @@ fn the_state_file_survives_a_reopen() {
             last_scheduled_run: Some(ts("2026-06-01T10:05:00Z")),
             last_success: Some(ts("2026-06-01T10:09:00Z")),
             started_at: Some(ts("2026-06-01T10:00:00Z")),
+            retries: 0,
+            pending_retry: None,
         }
     );
     // No temporary files are left behind.

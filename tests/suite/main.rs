@@ -19,6 +19,8 @@ mod hostkeys;
 mod init;
 mod log_secrets;
 mod one_writer;
+mod retry;
+mod retry_process;
 mod sftp_server;
 mod sim;
 mod ssh_steps;
