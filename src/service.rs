@@ -484,7 +484,7 @@ impl CycleJob {
         }
         if let Some(a) = &self.ctx.audit {
             a.event(
-                "cycle.retry",
+                Kind::CycleRetry,
                 json!({"attempt": pending.attempt, "delay_s": pending.delay.as_secs_f64(),
                        "at": pending.at.to_string(), "error": error.to_string()}),
             );

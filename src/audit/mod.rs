@@ -66,6 +66,8 @@ pub enum Kind {
     CycleFailed,
     /// A scheduled run came due while the previous cycle was still running.
     CycleSkipped,
+    /// A cycle failed for a transient reason and is retried (`data.attempt`, `data.at`).
+    CycleRetry,
     /// Home Assistant accepted the request for a backup.
     BackupCreated,
     /// Home Assistant said the backup is finished.
@@ -113,6 +115,7 @@ impl Kind {
         Kind::CycleFinished,
         Kind::CycleFailed,
         Kind::CycleSkipped,
+        Kind::CycleRetry,
         Kind::BackupCreated,
         Kind::BackupCompleted,
         Kind::BackupFailed,
@@ -141,6 +144,7 @@ impl Kind {
             Kind::CycleFinished => "cycle.finished",
             Kind::CycleFailed => "cycle.failed",
             Kind::CycleSkipped => "cycle.skipped",
+            Kind::CycleRetry => "cycle.retry",
             Kind::BackupCreated => "backup.created",
             Kind::BackupCompleted => "backup.completed",
             Kind::BackupFailed => "backup.failed",
