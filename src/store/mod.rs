@@ -28,6 +28,7 @@
 //! async callers should use `tokio::task::spawn_blocking`.
 
 mod archive;
+pub mod deep;
 pub mod extract;
 mod ledger;
 pub mod lock;
