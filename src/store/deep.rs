@@ -452,3 +452,67 @@ impl<R: Read> Read for Cancellable<'_, R> {
         self.inner.read(buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn scratch_dirs(root: &Path) -> Vec<String> {
+        fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(SCRATCH_PREFIX))
+            .collect()
+    }
+
+    #[test]
+    fn the_temporary_folder_is_private_and_removed_even_on_a_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_owned();
+        let caught = std::panic::catch_unwind(|| {
+            let s = Scratch::create(&root).unwrap();
+            assert_eq!(fs::metadata(&s.path).unwrap().mode() & 0o777, 0o700);
+            fs::create_dir(s.path.join("homeassistant")).unwrap();
+            fs::write(s.path.join("homeassistant/secrets.yaml"), "x").unwrap();
+            assert_eq!(scratch_dirs(&root).len(), 1);
+            panic!("in the middle of a check");
+        });
+        assert!(caught.is_err());
+        assert!(scratch_dirs(&root).is_empty());
+    }
+
+    #[test]
+    fn folders_of_dead_processes_are_removed_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A process id that cannot exist (above the kernel's pid_max limit of 2^22).
+        let dead = tmp
+            .path()
+            .join(format!("{SCRATCH_PREFIX}99999999-0000000000000001"));
+        let live = tmp.path().join(format!(
+            "{SCRATCH_PREFIX}{}-0000000000000002",
+            std::process::id()
+        ));
+        for d in [&dead, &live] {
+            fs::create_dir_all(d.join("homeassistant")).unwrap();
+        }
+        let other = tmp.path().join(".hapull-tmp-x");
+        fs::write(&other, "").unwrap();
+        remove_abandoned_scratch(tmp.path());
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
+    }
+
+    #[test]
+    fn a_cancelled_reader_fails_at_once() {
+        let cancel = Cancel::default();
+        let mut r = Cancellable {
+            inner: &b"abc"[..],
+            cancel: &cancel,
+        };
+        let mut buf = [0u8; 2];
+        assert_eq!(r.read(&mut buf).unwrap(), 2);
+        cancel.cancel();
+        assert!(r.read(&mut buf).is_err());
+    }
+}
