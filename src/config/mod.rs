@@ -461,7 +461,7 @@ impl Validator<'_> {
         if host.is_empty() || host.contains(char::is_whitespace) {
             return Err(self.err(S, "host", format!("{host:?} is not a host name")));
         }
-        let user = r.user.unwrap_or_else(|| "backup".to_string());
+        let user = r.user.unwrap_or_else(|| "hapull-sftp".to_string());
         let identity_file = self.readable_file(
             S,
             "identity_file",
@@ -598,7 +598,7 @@ impl Validator<'_> {
             r.password_env,
             r.password,
         )?;
-        let name = r.name.unwrap_or_else(|| "hapull {date}".to_string());
+        let name = r.name.unwrap_or_else(|| "hapull".to_string());
         if name.trim().is_empty() {
             return Err(self.err(S, "name", "must not be empty"));
         }
