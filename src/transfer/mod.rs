@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 
 pub use error::TransferError;
-pub use hostkey::{HostKeyInfo, HostKeyPolicy};
+pub use hostkey::{HostKeyInfo, HostKeyPolicy, TrustOutcome, trust_host_key};
 pub use session::{Identity, RemoteEntry, Session, SessionOptions, load_identity, scan_host_key};
 
 use crate::secret::Secret;
