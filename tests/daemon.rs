@@ -590,6 +590,7 @@ fn the_state_file_survives_a_reopen() {
             last_scheduled_run: Some(ts("2026-06-01T10:05:00Z")),
             last_success: Some(ts("2026-06-01T10:09:00Z")),
             started_at: Some(ts("2026-06-01T10:00:00Z")),
+            last_failure: None,
         }
     );
     // No temporary files are left behind.
