@@ -224,7 +224,8 @@ pub async fn run(
             .await
             .map_err(|e| setup(format!("[status] listen {addr}: {e}")))?;
         info!(%addr, "status endpoint: /healthz and /metrics");
-        let server = StatusServer::new(metrics.clone(), cfg.status.max_age, clock.clone());
+        let server = StatusServer::new(metrics.clone(), cfg.status.max_age, clock.clone())
+            .with_state_file(state.clone());
         let mut stop_rx = stop_tx.subscribe();
         tokio::spawn(server.serve(listener, async move {
             let _ = stop_rx.wait_for(|v| *v).await;
@@ -233,6 +234,15 @@ pub async fn run(
 
     let mut shutdown = Box::pin(shutdown);
     let audit = open_audit(&cfg).await?;
+    if let Some(a) = &audit {
+        let _ = a
+            .step(
+                "service.started",
+                json!({"version": env!("CARGO_PKG_VERSION"), "config": cfg.path.display().to_string(),
+                       "cron": cfg.schedule.cron, "timezone": cfg.schedule.timezone}),
+            )
+            .await;
+    }
     let Some(client) = connect_with_retry(&cfg, &mut shutdown).await? else {
         close_audit(&audit).await;
         return Ok(());
@@ -363,6 +373,19 @@ impl CycleJob {
                 self.notify_success(&r, duration).await;
             }
             Err(e) => {
+                // Committed but not tidied up: the verified copy exists, which is what health asks.
+                let committed = matches!(
+                    e.step(),
+                    Some(crate::cycle::Step::CleanUpHa | crate::cycle::Step::Retention)
+                );
+                let recorded = if committed {
+                    self.state.record_success(finished_at)
+                } else {
+                    self.state.record_failure(finished_at)
+                };
+                if let Err(e) = recorded {
+                    warn!(error = %e, "cannot record the outcome in the state file; `hapull health` may report stale data");
+                }
                 self.metrics.cycle_finished(&CycleReport {
                     outcome: Outcome::Failed,
                     finished_at,
@@ -425,9 +448,18 @@ impl CycleJob {
 
 async fn watch_connection(client: Client, metrics: Metrics, audit: Option<AuditLog>) {
     let mut state = client.state();
+    let mut last: Option<ConnectionState> = None;
     loop {
         let current = state.borrow_and_update().clone();
         metrics.set_ha_connected(current == ConnectionState::Connected);
+        // A notification that repeats the state already recorded is not a change of connection.
+        if last.as_ref() == Some(&current) {
+            if state.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        last = Some(current.clone());
         let text = match &current {
             ConnectionState::Connected => {
                 json!({"state": "connected", "ha_version": client.ha_version()})
