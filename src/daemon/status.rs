@@ -256,7 +256,13 @@ impl StatusServer {
                 true,
             ),
             "/healthz" => match self.health() {
-                Health::Healthy(_) => response(200, "text/plain", "ok\n", &[], with_body),
+                Health::Healthy(reason) => response(
+                    200,
+                    "text/plain",
+                    &format!("healthy: {reason}\n"),
+                    &[],
+                    with_body,
+                ),
                 Health::Unhealthy(reason) => response(
                     503,
                     "text/plain",
