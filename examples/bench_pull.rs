@@ -7,7 +7,7 @@
 //! Each hapull pull runs in a child process so its peak RSS (VmHWM) is its own.
 
 #[allow(dead_code)]
-#[path = "../tests/support/sshd.rs"]
+#[path = "../tests/suite/support/sshd.rs"]
 mod sshd;
 
 use std::io::Write;

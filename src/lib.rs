@@ -13,6 +13,5 @@ pub mod daemon;
 pub mod ha;
 pub mod secret;
 pub mod service;
-pub mod sim;
 pub mod store;
 pub mod transfer;

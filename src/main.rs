@@ -1,12 +1,16 @@
 //! The `hapull` command: parse arguments, set up logging, run the chosen command, map the outcome to
-//! an exit code. Everything else lives in the library.
+//! an exit code. Everything else lives in the library, except `hapull demo`, which brings the simulated
+//! Home Assistant (crates/hapull-sim) that the library must not contain.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use hapull::cli::{Cli, Command};
+
+mod demo;
 
 fn main() -> ExitCode {
-    let cli = hapull::cli::Cli::parse();
+    let cli = Cli::parse();
     if let Err(e) = hapull::cli::init_tracing(&cli.global) {
         eprintln!("hapull: {e}");
         return ExitCode::from(hapull::cli::EXIT_USAGE);
@@ -22,5 +26,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(hapull::cli::run(cli))
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(args) => hapull::cli::exit_code(demo::run(args).await),
+            command => {
+                hapull::cli::run(Cli {
+                    global: cli.global,
+                    command,
+                })
+                .await
+            }
+        }
+    })
 }

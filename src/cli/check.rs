@@ -262,10 +262,7 @@ async fn check_ssh(cfg: &Config, report: &mut Report) {
             );
             if let Some(newest) = archives.first() {
                 let path = format!("{}/{}", ssh.remote_dir.trim_end_matches('/'), newest.name);
-                match session
-                    .read_tar_member(&path, "./backup.json", 1 << 20)
-                    .await
-                {
+                match crate::cycle::peek_backup_json(&session, &path).await {
                     Ok(_) => report.add(
                         Level::Ok,
                         "readable",

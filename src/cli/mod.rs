@@ -4,7 +4,6 @@
 pub mod audit;
 mod check;
 mod completions;
-mod demo;
 mod events;
 mod init;
 mod once;
@@ -63,7 +62,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Full cycles against a simulated Home Assistant and an embedded SFTP server, in a temporary
     /// folder: no network, no root, no configuration.
-    Demo(demo::DemoArgs),
+    Demo(DemoArgs),
     /// Check the configuration and the connection to Home Assistant; exit 0 only when all is ready.
     Check(check::CheckArgs),
     /// Print Home Assistant events as JSON lines until interrupted.
@@ -98,6 +97,20 @@ pub enum Command {
     Man(completions::ManArgs),
 }
 
+/// `hapull demo`: full cycles against a simulated Home Assistant, nothing to set up.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder to work in (default: a new folder under the system's temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// How many cycles to run.
+    #[arg(long, default_value_t = 3)]
+    pub cycles: u32,
+    /// Size of the simulated configuration in each backup, in MiB (random data, so it does not compress).
+    #[arg(long, default_value_t = 8)]
+    pub size_mib: u64,
+}
+
 /// Sets up tracing on standard error.
 pub fn init_tracing(global: &Global) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
@@ -123,7 +136,10 @@ pub fn init_tracing(global: &Global) -> anyhow::Result<()> {
 /// Runs a command and maps its outcome to an exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
-        Command::Demo(args) => demo::run(&cli.global, args).await,
+        // The simulated Home Assistant is not part of the library: the `hapull` binary runs the demo.
+        Command::Demo(_) => Err(anyhow::anyhow!(
+            "`demo` is run by the hapull command itself, not through the library"
+        )),
         Command::Check(args) => check::run(&cli.global, args).await,
         Command::Events(args) => events::run(&cli.global, args).await,
         Command::Run(args) => run::run(&cli.global, args).await,
@@ -145,6 +161,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             audit::run(cmd, path.as_deref()).await
         }
     };
+    exit_code(outcome)
+}
+
+/// Maps a command's outcome to the process exit code, printing the error.
+pub fn exit_code(outcome: anyhow::Result<ExitCode>) -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(e) => {
@@ -182,7 +203,8 @@ pub(crate) fn load_config(global: &Global) -> anyhow::Result<Config> {
     Ok(loaded.config)
 }
 
-pub(crate) async fn connect(cfg: &Config, reconnect: bool) -> anyhow::Result<Client> {
+/// Connects to Home Assistant as the config says.
+pub async fn connect(cfg: &Config, reconnect: bool) -> anyhow::Result<Client> {
     let opts = crate::service::client_options(cfg, reconnect)?;
     Client::connect(opts).await.with_context(|| {
         format!(

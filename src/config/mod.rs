@@ -103,7 +103,8 @@ pub struct Ssh {
     pub connect_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum BackupMode {
     /// `backup/generate` (Home Assistant 2025.1 and later).
     Api,
@@ -136,10 +137,57 @@ pub struct Schedule {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum VerifyLevel {
     Full,
     Structure,
+}
+
+impl BackupMode {
+    /// The name used in the config file, logs and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupMode::Api => "api",
+            BackupMode::Service => "service",
+        }
+    }
+}
+
+impl TryFrom<String> for BackupMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "api" => Ok(BackupMode::Api),
+            "service" => Ok(BackupMode::Service),
+            other => Err(format!(
+                "{other:?} is not a mode; use \"api\" or \"service\""
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for VerifyLevel {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "full" => Ok(VerifyLevel::Full),
+            "structure" => Ok(VerifyLevel::Structure),
+            other => Err(format!(
+                "{other:?} is not a level; use \"full\" or \"structure\""
+            )),
+        }
+    }
+}
+
+impl VerifyLevel {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyLevel::Full => "full",
+            VerifyLevel::Structure => "structure",
+        }
+    }
 }
 
 /// Local retention, with restic's semantics (see [`crate::store::retention`]).
@@ -564,17 +612,7 @@ impl Validator<'_> {
 
     fn backup(&mut self, r: raw::Backup) -> Result<Backup, ConfigError> {
         const S: &str = "backup";
-        let mode = match r.mode.as_deref().unwrap_or("api") {
-            "api" => BackupMode::Api,
-            "service" => BackupMode::Service,
-            other => {
-                return Err(self.err(
-                    S,
-                    "mode",
-                    format!("{other:?} is not a mode; use \"api\" or \"service\""),
-                ));
-            }
-        };
+        let mode = r.mode.unwrap_or(BackupMode::Api);
         let shell_command = r
             .shell_command
             .unwrap_or_else(|| "delete_backups".to_string());
@@ -654,19 +692,8 @@ impl Validator<'_> {
     }
 
     fn store(&mut self, r: raw::Store) -> Result<Store, ConfigError> {
-        const S: &str = "store";
         let dir = self.resolve(r.dir.as_deref().unwrap_or("/var/lib/hapull/archives"));
-        let verify = match r.verify.as_deref().unwrap_or("full") {
-            "full" => VerifyLevel::Full,
-            "structure" => VerifyLevel::Structure,
-            other => {
-                return Err(self.err(
-                    S,
-                    "verify",
-                    format!("{other:?} is not a level; use \"full\" or \"structure\""),
-                ));
-            }
-        };
+        let verify = r.verify.unwrap_or(VerifyLevel::Full);
         Ok(Store {
             dir,
             verify,

@@ -72,7 +72,7 @@ pub struct Ssh {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backup {
-    pub mode: Option<String>,
+    pub mode: Option<super::BackupMode>,
     pub shell_command: Option<String>,
     pub name: Option<String>,
     pub include_database: Option<bool>,
@@ -100,7 +100,7 @@ pub struct Schedule {
 #[serde(deny_unknown_fields)]
 pub struct Store {
     pub dir: Option<String>,
-    pub verify: Option<String>,
+    pub verify: Option<super::VerifyLevel>,
     pub keep_last: Option<u32>,
     pub keep_hourly: Option<u32>,
     pub keep_daily: Option<u32>,

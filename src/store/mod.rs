@@ -25,6 +25,7 @@
 //! `tokio::task::spawn_blocking`.
 
 mod archive;
+mod ledger;
 mod names;
 mod retention;
 mod tar_stream;
@@ -45,6 +46,7 @@ pub use archive::{
     MAX_OUTER_MEMBERS, MemberInfo, TarError, Verify, parse_backup_json,
     parse_backup_json_from_tar_prefix, verify_file, verify_reader,
 };
+pub use ledger::{Entry as LedgerEntry, LEDGER_FILE, Ledger};
 pub use names::{MAX_COMPONENT_BYTES, NameError, safe_component, sanitize_for_filename};
 pub use retention::{Decision, RetentionPolicy, plan};
 

@@ -167,10 +167,6 @@ pub enum TransferError {
         source: std::io::Error,
     },
 
-    /// The first entry of a remote tar archive is not what was asked for.
-    #[error("{path}: {reason}")]
-    TarMember { path: String, reason: String },
-
     /// The retry budget ran out; the last error is attached.
     #[error("giving up after {attempts} attempts: {last}")]
     RetriesExhausted {

@@ -494,71 +494,11 @@ impl Session {
         result
     }
 
-    /// Reads the body of the FIRST entry of the uncompressed tar archive at `path` if it is named
-    /// `member` (a leading `./` is ignored on both sides), without downloading the rest. Fails if the
-    /// first entry has another name, is not a regular file, or is longer than `max_len`.
-    pub async fn read_tar_member(
-        &self,
-        path: &str,
-        member: &str,
-        max_len: u64,
-    ) -> Result<Vec<u8>, TransferError> {
-        let tar_err = |reason: String| TransferError::TarMember {
-            path: path.to_string(),
-            reason,
-        };
+    /// Reads the first `len` bytes of the file at `path` (fewer only when the file is shorter),
+    /// without downloading the rest: enough to look inside an archive's first member.
+    pub async fn read_prefix(&self, path: &str, len: u64) -> Result<Vec<u8>, TransferError> {
         let handle = self.open_read(path).await?;
-        let result = async {
-            let header_bytes = self.read_exact_at(&handle, path, 0, 512).await?;
-            let mut block = [0u8; 512];
-            if header_bytes.len() != 512 {
-                return Err(tar_err(format!(
-                    "not a tar archive: only {} bytes long",
-                    header_bytes.len()
-                )));
-            }
-            block.copy_from_slice(&header_bytes);
-            let header = tar::Header::from_byte_slice(&block);
-            let stored_sum = header.cksum().map_err(|_| tar_err("not a tar archive: bad header".into()))?;
-            let computed: u32 = block
-                .iter()
-                .enumerate()
-                .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u32::from(*b) })
-                .sum();
-            if stored_sum != computed {
-                return Err(tar_err("not a tar archive: header checksum mismatch".into()));
-            }
-            let name = header
-                .path()
-                .map_err(|e| tar_err(format!("first entry has an unreadable name: {e}")))?;
-            let name = name.to_string_lossy().into_owned();
-            let strip = |s: &str| s.trim_start_matches("./").to_string();
-            if strip(&name) != strip(member) {
-                return Err(tar_err(format!(
-                    "first entry is {name:?}, not {member:?}; this archive does not start as expected"
-                )));
-            }
-            if !header.entry_type().is_file() {
-                return Err(tar_err(format!("first entry {name:?} is not a regular file")));
-            }
-            let size = header
-                .entry_size()
-                .map_err(|_| tar_err(format!("first entry {name:?} has an unreadable size")))?;
-            if size > max_len {
-                return Err(tar_err(format!(
-                    "first entry {name:?} is {size} bytes, more than the {max_len} allowed"
-                )));
-            }
-            let body = self.read_exact_at(&handle, path, 512, size).await?;
-            if body.len() as u64 != size {
-                return Err(tar_err(format!(
-                    "archive ends inside its first entry {name:?} ({} of {size} bytes)",
-                    body.len()
-                )));
-            }
-            Ok(body)
-        }
-        .await;
+        let result = self.read_exact_at(&handle, path, 0, len).await;
         let _ = self.sftp.close(handle).await;
         result
     }

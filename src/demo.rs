@@ -6,34 +6,21 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
+use hapull::cli::DemoArgs;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey};
 
-use super::{EXIT_FAILED, EXIT_OK, Global};
-use crate::service;
-use crate::sim::sftp_server::{SftpServer, SftpServerOptions};
-use crate::sim::{Sim, SimOptions};
+use hapull::cli::{EXIT_FAILED, EXIT_OK};
+use hapull::service;
+use hapull_sim::sftp_server::{SftpServer, SftpServerOptions};
+use hapull_sim::{Sim, SimOptions};
 
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Folder to work in (default: a new folder under the system's temporary directory).
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
-    /// How many cycles to run.
-    #[arg(long, default_value_t = 3)]
-    pub cycles: u32,
-    /// Size of the simulated configuration in each backup, in MiB (random data, so it does not compress).
-    #[arg(long, default_value_t = 8)]
-    pub size_mib: u64,
-}
-
-pub async fn run(_global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = match args.dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!(
@@ -69,7 +56,7 @@ pub async fn run(_global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         .context("starting the simulated Home Assistant")?;
     say(&format!(
         "simulated Home Assistant {} at {}",
-        crate::sim::SimVersion::Current.ha_version(),
+        hapull_sim::SimVersion::Current.ha_version(),
         sim.url()
     ));
 
@@ -94,10 +81,10 @@ pub async fn run(_global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let config_path = dir.join("hapull.toml");
     std::fs::write(&config_path, demo_config(&sim.url(), sftp.addr().port()))?;
     say(&format!("config written to {}", config_path.display()));
-    let cfg = crate::config::load(&config_path)?.config;
+    let cfg = hapull::config::load(&config_path)?.config;
 
     let audit = service::open_audit(&cfg).await?;
-    let client = super::connect(&cfg, true).await?;
+    let client = hapull::cli::connect(&cfg, true).await?;
     let ctx = service::context(&cfg, client, audit.clone(), false).await?;
 
     let mut committed = 0;
@@ -156,7 +143,7 @@ pub async fn run(_global: &Global, args: DemoArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let audit_path = dir.join("audit.jsonl");
-    let chain = crate::audit::verify_path(&audit_path, false)?;
+    let chain = hapull::audit::verify_path(&audit_path, false)?;
     say(&format!(
         "audit log {}: {} records, chain {}",
         audit_path.display(),

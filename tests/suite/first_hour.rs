@@ -3,18 +3,16 @@
 //! OpenSSH accepts it, `trust-host --write` pins the key only when confirmed, and after `hapull once`
 //! commits, `hapull health` and the daemon's `/healthz` say the same.
 
-mod support;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::sshd::Sshd;
 use hapull::daemon::{Clock, Metrics, StateFile, StatusServer, health_from_state_file};
-use hapull::sim::{Sim, SimOptions};
+use hapull_sim::{Sim, SimOptions};
 use jiff::Timestamp;
-use support::sshd::Sshd;
 
 fn hapull(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hapull"))
@@ -85,7 +83,7 @@ fn there_is_one_sshd_snippet_and_openssh_accepts_it() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let snippet = fs::read_to_string(other.join("hapull-sftp.conf")).unwrap();
     assert!(snippet.contains("\nMatch User sftp-ha\n"), "{snippet}");
-    support::sshd::generate_key(&tmp.path().join("host_key"), "");
+    crate::support::sshd::generate_key(&tmp.path().join("host_key"), "");
     for conf in [dir.join("hapull-sftp.conf"), other.join("hapull-sftp.conf")] {
         let main = tmp.path().join("sshd_config");
         fs::write(

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use hapull::sim::{Corruption, Garbage, Sim, SimControl, SimOptions, SimVersion};
+use hapull_sim::{Corruption, Garbage, Sim, SimControl, SimOptions, SimVersion};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

@@ -6,14 +6,13 @@
 //! The simulator's fault switches are used where they exist; the rest comes from a small scripted
 //! WebSocket server. Archive locating and pulling run against a real OpenSSH sshd.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::sshd::Sshd;
 use futures_util::{SinkExt, StreamExt};
 use hapull::config::{BackupMode, VerifyLevel};
 use hapull::cycle::{Context, CycleError, Settings, Step, ha_archive_file_name};
@@ -21,11 +20,10 @@ use hapull::ha::{
     Client, ClientOptions, ConnectionState, Endpoint, HaError, Incoming, SubItem, decode_frame,
 };
 use hapull::secret::Secret;
-use hapull::sim::{Garbage, Sim, SimOptions};
 use hapull::store::{RetentionPolicy, Store};
 use hapull::transfer::{HostKeyPolicy, PullOptions, SshTarget};
+use hapull_sim::{Garbage, Sim, SimOptions};
 use serde_json::{Value, json};
-use support::sshd::Sshd;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -737,7 +735,7 @@ async fn a_backup_that_never_finishes_times_out_and_deletes_nothing() {
 // Inputs the fuzzers found (or that were once dangerous), replayed with the fuzz targets' checks
 // ---------------------------------------------------------------------------------------------
 
-#[path = "../fuzz/checks.rs"]
+#[path = "../../fuzz/checks.rs"]
 mod checks;
 
 #[test]

@@ -2,15 +2,13 @@
 //! it completes cycles, reports health, and stops with exit 0 on SIGTERM — also in the middle of a
 //! transfer, leaving a partial download that the next pull resumes.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hapull::sim::{Sim, SimOptions};
+use crate::support::sshd::Sshd;
 use hapull::store::Store;
-use support::sshd::Sshd;
+use hapull_sim::{Sim, SimOptions};
 
 struct Setup {
     _sshd: Sshd,

@@ -2,20 +2,18 @@
 //! sshd serving the simulator's backups folder, the real store. The rule checked throughout: a backup
 //! Home Assistant completed is either committed and verified locally, or still present in HA.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::sshd::Sshd;
 use hapull::config::{BackupMode, VerifyLevel};
 use hapull::cycle::{Context, CycleError, Settings, Step};
 use hapull::ha::{Client, ClientOptions, Endpoint, GenerateRequest};
 use hapull::secret::Secret;
-use hapull::sim::{Corruption, Sim, SimOptions, SimVersion};
 use hapull::store::{RetentionPolicy, Store};
 use hapull::transfer::{HostKeyPolicy, PullOptions, SshTarget};
-use support::sshd::Sshd;
+use hapull_sim::{Corruption, Sim, SimOptions, SimVersion};
 
 struct Rig {
     sshd: Sshd,

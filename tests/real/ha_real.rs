@@ -1,6 +1,6 @@
 //! Against a real Home Assistant. Ignored by default; run with
 //! `eval "$(shared/real-ha/up.sh)"` (or `--legacy`) then
-//! `HAPULL_REAL_HA_URL=$HA_URL HAPULL_REAL_HA_TOKEN_FILE=$HA_TOKEN_FILE cargo test --test ha_real -- --ignored`.
+//! `HAPULL_REAL_HA_URL=$HA_URL HAPULL_REAL_HA_TOKEN_FILE=$HA_TOKEN_FILE cargo test --test real ha_real -- --ignored`.
 
 use std::time::Duration;
 

@@ -1,17 +1,16 @@
 //! The SFTP pull engine against a real OpenSSH sshd: byte-exact pulls, host-key and login refusals,
 //! resume after a dropped connection or a killed process, and the free-space preflight.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::sshd::{Sshd, generate_key};
+use hapull::cycle::peek_backup_json;
 use hapull::secret::Secret;
 use hapull::transfer::{
     self, HostKeyPolicy, PullOptions, Session, SessionOptions, SshTarget, TransferError,
 };
-use support::sshd::{Sshd, generate_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn target(sshd: &Sshd, port: u16, policy: HostKeyPolicy) -> SshTarget {
@@ -651,8 +650,11 @@ fn spawn_and_kill_child(sshd: &Sshd, src: &Path, dst: &Path) {
         dst.display().to_string(),
     ]
     .join("\n");
+    // The test's name inside this binary: its module path without the binary's own name.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let name = format!("{module}::child_pull_process");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_pull_process", "--ignored", "--nocapture"])
+        .args(["--exact", name.as_str(), "--ignored", "--nocapture"])
         .env(CHILD_ENV, spec)
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -735,10 +737,10 @@ fn tar_with_first_member(path: &Path, name: &str, body: &[u8], rest: usize) {
 }
 
 #[tokio::test]
-async fn peek_reads_the_first_tar_member_and_lists_the_directory() {
+async fn peek_reads_backup_json_from_the_first_member_and_lists_the_directory() {
     let sshd = Sshd::start();
     let dir = sshd.remote_dir();
-    let body = br#"{"slug":"abc123","name":"test"}"#;
+    let body = br#"{"slug":"abc123","name":"test","date":"2026-11-26T09:07:39.253410+00:00"}"#;
     tar_with_first_member(
         &dir.join("abc123.tar"),
         "./backup.json",
@@ -746,6 +748,8 @@ async fn peek_reads_the_first_tar_member_and_lists_the_directory() {
         2 * 1024 * 1024,
     );
     tar_with_first_member(&dir.join("other.tar"), "./other.json", body, 10);
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    tar_with_first_member(&dir.join("huge.tar"), "./backup.json", &huge, 10);
     std::fs::write(dir.join("plain.txt"), b"not a tar, just some words").unwrap();
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     let session = Session::connect(&trusted(&sshd), &SessionOptions::default())
@@ -753,34 +757,29 @@ async fn peek_reads_the_first_tar_member_and_lists_the_directory() {
         .unwrap();
     let d = remote_str(&dir);
 
-    let got = session
-        .read_tar_member(&format!("{d}/abc123.tar"), "./backup.json", 4096)
+    // The peek reads only the archive's first member, through the store's (fuzzed) tar parser.
+    let got = peek_backup_json(&session, &format!("{d}/abc123.tar"))
         .await
         .unwrap();
-    assert_eq!(got, body);
-    let got = session
-        .read_tar_member(&format!("{d}/abc123.tar"), "backup.json", 4096)
+    assert_eq!(got.slug, "abc123");
+    assert_eq!(got.name, "test");
+    let err = peek_backup_json(&session, &format!("{d}/huge.tar"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("limit"), "{err}");
+    let err = peek_backup_json(&session, &format!("{d}/other.tar"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("other.json"), "{err}");
+    let err = peek_backup_json(&session, &format!("{d}/plain.txt"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("not a complete"), "{err}");
+    let prefix = session
+        .read_prefix(&format!("{d}/plain.txt"), 8)
         .await
         .unwrap();
-    assert_eq!(got, body);
-    let err = session
-        .read_tar_member(&format!("{d}/abc123.tar"), "./backup.json", 10)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, TransferError::TarMember { .. }) && err.to_string().contains("more than"),
-        "{err}"
-    );
-    let err = session
-        .read_tar_member(&format!("{d}/other.tar"), "./backup.json", 4096)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("other.json"), "{err}");
-    let err = session
-        .read_tar_member(&format!("{d}/plain.txt"), "./backup.json", 4096)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("not a tar"), "{err}");
+    assert_eq!(prefix, b"not a ta");
 
     let mut entries = session.list_dir(&d).await.unwrap();
     entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -792,6 +791,7 @@ async fn peek_reads_the_first_tar_member_and_lists_the_directory() {
         names,
         vec![
             ("abc123.tar", true),
+            ("huge.tar", true),
             ("other.tar", true),
             ("plain.txt", true),
             ("sub", false)

@@ -6,8 +6,8 @@ use std::process::Output;
 use std::sync::Arc;
 
 use aws_lc_rs::digest::{SHA256, digest};
-use hapull::sim::sftp_server::MAX_READ_LEN;
-use hapull::sim::sftp_server::{Faults, SftpServer, SftpServerOptions};
+use hapull_sim::sftp_server::MAX_READ_LEN;
+use hapull_sim::sftp_server::{Faults, SftpServer, SftpServerOptions};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh_sftp::client::SftpSession;
 use russh_sftp::client::rawsession::RawSftpSession;

@@ -1,0 +1,22 @@
+//! hapull's integration tests, in one binary so the crate and its TLS stack are linked once: one
+//! module per capability. Real parts where they run here (OpenSSH sshd, the hapull binary); the
+//! simulated Home Assistant (crates/hapull-sim) for faults, hostile input and timing.
+//!
+//! The suites against a real Home Assistant are in `tests/real/`.
+
+mod support;
+
+mod audit;
+mod completions;
+mod cycle;
+mod daemon;
+mod daemon_process;
+mod demo;
+mod first_hour;
+mod ha_client;
+mod hostile;
+mod init;
+mod sftp_server;
+mod sim;
+mod store;
+mod transfer;
