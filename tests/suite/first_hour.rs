@@ -384,8 +384,29 @@ async fn once_health_and_healthz_agree() {
             "# listen = \"127.0.0.1:9180\"",
             &format!("listen = \"127.0.0.1:{port}\""),
         )
-        .replace("# cron = \"5 * * * *\"", "cron = \"0 0 1 1 *\"");
+        .replace("# cron = \"5 * * * *\"", "cron = \"0 0 1 1 *\"")
+        .replace("# keep_on_ha = 1 ", "keep_on_ha = 5 ");
     fs::write(&cfg, with_status).unwrap();
+
+    // Two backups in Home Assistant: `list --remote` shows the newest first.
+    let second = hapull(&["-c", &cfg, "once"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let success = StateFile::open(&state_path)
+        .unwrap()
+        .get()
+        .last_success
+        .unwrap();
+    let list = hapull(&["-c", &cfg, "list", "--remote", "--json"]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let dates: Vec<Timestamp> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["date"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(dates.len(), 2, "{listed}");
+    assert!(dates[0] >= dates[1], "newest first: {dates:?}");
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_hapull"))
         .args(["-c", &cfg, "run"])
         .stdout(Stdio::null())
@@ -394,13 +415,34 @@ async fn once_health_and_healthz_agree() {
         .unwrap();
     wait_for_port(port, &mut daemon);
     let (code, body) = get(port, "/healthz");
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    let term = Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let stopped = daemon.wait().unwrap();
     assert_eq!(code, 200, "{body}");
     assert!(
         body.contains(&format!("last successful backup at {success}")),
         "{body}"
     );
+    assert!(stopped.success(), "{stopped}");
+
+    // The daemon's run in the audit log: one start, one connection, one stop.
+    let audit = fs::read_to_string(lab.tmp.path().join("data/audit.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |kind: &str| records.iter().filter(|r| r["kind"] == kind).count();
+    assert_eq!(count("service.started"), 1, "{audit}");
+    assert_eq!(count("service.stopped"), 1, "{audit}");
+    let connected = records
+        .iter()
+        .filter(|r| r["kind"] == "ha.connection" && r["data"]["state"] == "connected")
+        .count();
+    assert_eq!(connected, 1, "{audit}");
 
     // Past max_age, both say unhealthy at the same instant; within it, both say healthy.
     let max_age = Duration::from_secs(3 * 3600);
