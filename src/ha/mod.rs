@@ -9,6 +9,7 @@ mod backup;
 mod connection;
 mod endpoint;
 mod error;
+mod frames;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,9 +23,10 @@ pub use backup::{
     AgentInfo, Backup, BackupApi, BackupEvent, BackupList, BackupState, GenerateRequest,
     LegacyBackup,
 };
-pub use connection::{Incoming, SubItem, decode_frame, parse_result};
+pub use connection::SubItem;
 pub use endpoint::{Endpoint, EndpointError};
 pub use error::HaError;
+pub use frames::{Incoming, decode_frame, parse_result};
 
 use crate::secret::Secret;
 use connection::{Actor, Command};
