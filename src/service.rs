@@ -83,8 +83,12 @@ pub fn retention(cfg: &Config) -> RetentionPolicy {
 }
 
 pub fn timezone(cfg: &Config) -> Result<jiff::tz::TimeZone, ServiceError> {
-    jiff::tz::TimeZone::get(&cfg.schedule.timezone)
-        .map_err(|e| ServiceError::Config(format!("time zone {}: {e}", cfg.schedule.timezone)))
+    jiff::tz::TimeZone::get(&cfg.schedule.timezone).map_err(|e| {
+        ServiceError::Config(format!(
+            "[schedule] timezone = {:?}: {e}; use a name like \"Europe/Berlin\" or \"UTC\"",
+            cfg.schedule.timezone
+        ))
+    })
 }
 
 pub async fn open_audit(cfg: &Config) -> Result<Option<AuditLog>, ServiceError> {
