@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::audit::{AuditLog, AuditOptions};
-use crate::config::{Config, HostKeys, VerifyLevel};
+use crate::config::{Config, VerifyLevel};
 use crate::cycle::{Context, Report, Settings};
 use crate::daemon::{
     Clock, CycleReport, Metrics, Notifier, Outcome, RunReason, Schedule, Scheduler, StateFile,
@@ -24,7 +24,7 @@ use crate::daemon::{
 };
 use crate::ha::{Client, ClientOptions, ConnectionState, HaError, SubItem};
 use crate::store::{RetentionPolicy, Store};
-use crate::transfer::{HostKeyPolicy, PullOptions, SshTarget};
+use crate::transfer::{PullOptions, SshTarget};
 
 /// Why the service (or building a cycle's context) failed. Messages say what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -54,16 +54,7 @@ pub fn ssh_target(cfg: &Config) -> Result<SshTarget, ServiceError> {
         user: ssh.user.clone(),
         identity_file: ssh.identity_file.clone(),
         passphrase: ssh.passphrase.clone(),
-        host_keys: match &ssh.host_keys {
-            HostKeys::KnownHosts {
-                path,
-                trust_on_first_use,
-            } => HostKeyPolicy::KnownHosts {
-                path: path.clone(),
-                trust_on_first_use: *trust_on_first_use,
-            },
-            HostKeys::Pinned(keys) => HostKeyPolicy::Pinned(keys.clone()),
-        },
+        host_keys: ssh.host_keys.clone(),
     })
 }
 

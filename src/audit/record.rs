@@ -99,16 +99,6 @@ pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
-    }
-    s
-}
-
 /// Parses one line (without newline) into a record, checking the shape a writer produces.
 pub(crate) fn parse_line(line: &[u8]) -> Result<Record, ParseError> {
     let raw: LineIn = serde_json::from_slice(line).map_err(|e| {

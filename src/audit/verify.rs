@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::AuditError;
 use super::files::{self, RawLine, Seal};
-use super::record::{FIRST_SEQ, GENESIS_PREV, ParseError, Record, hex, parse_line, sha256};
+use super::record::{FIRST_SEQ, GENESIS_PREV, ParseError, Record, parse_line, sha256};
 
 /// How strict [`verify`] is.
 #[derive(Debug, Clone, Default)]
@@ -266,7 +266,7 @@ pub fn verify(files: &[PathBuf], opts: &VerifyOptions) -> Result<VerifyReport, A
                         }
                         bytes.extend_from_slice(&line.raw.bytes);
                     }
-                    if bytes.len() as u64 == l && hex(&sha256(&bytes)) == h {
+                    if bytes.len() as u64 == l && hex::encode(sha256(&bytes)) == h {
                         if start > 0 {
                             let (line, issue) = held.swap_remove(0);
                             report.problem = Some(finding(file, &line, issue));
@@ -408,7 +408,7 @@ impl Chain {
                 }
             }
         }
-        let hash = hex(&sha256(line));
+        let hash = hex::encode(sha256(line));
         if let Some(seal) = &self.seal
             && seal.seq == rec.seq
         {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::files::{self, RawLine, Seal};
 use super::record::{
-    FIRST_SEQ, GENESIS_PREV, encode_data, encode_into, format_time, hex, parse_line, sha256,
+    FIRST_SEQ, GENESIS_PREV, encode_data, encode_into, format_time, parse_line, sha256,
 };
 use super::{AuditError, kind};
 
@@ -502,7 +502,7 @@ impl Core {
             if let Some(i) = good_idx {
                 let line = &lines[i];
                 if let Ok(rec) = parse_line(&line.bytes) {
-                    last_good = Some((rec.seq, hex(&sha256(&line.bytes))));
+                    last_good = Some((rec.seq, hex::encode(sha256(&line.bytes))));
                 }
             }
         }
@@ -520,7 +520,7 @@ impl Core {
                 files::last_line_of(&newest.path)?.ok_or_else(|| bad("it is empty".into()))?;
             let rec = parse_line(&line.bytes)
                 .map_err(|e| bad(format!("its last line is not a record: {e}")))?;
-            last_good = Some((rec.seq, hex(&sha256(&line.bytes))));
+            last_good = Some((rec.seq, hex::encode(sha256(&line.bytes))));
         }
         let (last_seq, prev) = match &last_good {
             Some((seq, hash)) => (*seq, hash.clone()),
@@ -587,7 +587,7 @@ impl Core {
 
         let now = Timestamp::now();
         if let Some((offset, bytes, end_newline, reason)) = torn {
-            let sha = hex(&sha256(&bytes));
+            let sha = hex::encode(sha256(&bytes));
             let msg = format!(
                 "torn tail at offset {offset} ({} bytes, sha256 {sha}): {reason}; kept in place and followed by an audit.recovered record",
                 bytes.len()
@@ -670,7 +670,7 @@ impl Core {
             data,
             &self.prev,
         );
-        self.prev = hex(&hash);
+        self.prev = hex::encode(hash);
         self.next_seq += 1;
         if self.started.is_none() {
             self.started = Some(time);

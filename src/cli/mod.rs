@@ -120,7 +120,15 @@ pub fn init_tracing(global: &Global) -> anyhow::Result<()> {
         (false, 1) => "hapull=debug,info",
         (false, _) => "hapull=trace,debug",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // The WebSocket library logs every frame at trace level, and frames carry the access token (the
+    // `auth` message) and the backup password (`backup/generate`): capped at debug whatever RUST_LOG
+    // says, so `-vv` or RUST_LOG=trace never prints a secret. Added last so they win over RUST_LOG.
+    for quiet in ["tungstenite=debug", "tokio_tungstenite=debug"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

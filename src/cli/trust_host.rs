@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, Global};
-use crate::config::HostKeys;
+use crate::transfer::HostKeyPolicy;
 use crate::transfer::TrustOutcome;
 
 #[derive(Debug, Args)]
@@ -49,7 +49,7 @@ pub async fn run(global: &Global, args: TrustHostArgs) -> anyhow::Result<ExitCod
         ),
     };
     let known_hosts: Option<PathBuf> = match ssh.map(|s| &s.host_keys) {
-        Some(HostKeys::KnownHosts { path, .. }) => Some(path.clone()),
+        Some(HostKeyPolicy::KnownHosts { path, .. }) => Some(path.clone()),
         _ => None,
     };
     let info = crate::transfer::scan_host_key(&host, port).await?;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::ha::Endpoint;
 use crate::secret::Secret;
+pub use crate::transfer::HostKeyPolicy;
 
 pub use raw::RawConfig;
 
@@ -31,9 +32,11 @@ pub enum ConfigError {
     Read { path: PathBuf, error: io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path}: [{section}] {key}: {message}")]
+    #[error("{path}: {at}[{section}] {key}: {message}", at = at_line(*line))]
     Invalid {
         path: PathBuf,
+        /// The line that sets the key, when it is in the file.
+        line: Option<usize>,
         section: &'static str,
         key: &'static str,
         message: String,
@@ -45,6 +48,26 @@ pub enum ConfigError {
         path: PathBuf,
         section: &'static str,
     },
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+/// The line of `text` that sets `key` in `[section]`, if one does.
+fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            current = name.trim().to_string();
+            continue;
+        }
+        if current == section && raw::line_key(t) == Some(key) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// A non-fatal problem found while loading, reported to the user as a warning.
@@ -81,15 +104,6 @@ pub struct HomeAssistant {
     pub max_message_size: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostKeys {
-    KnownHosts {
-        path: PathBuf,
-        trust_on_first_use: bool,
-    },
-    Pinned(Vec<String>),
-}
-
 #[derive(Debug, Clone)]
 pub struct Ssh {
     pub host: String,
@@ -97,7 +111,7 @@ pub struct Ssh {
     pub user: String,
     pub identity_file: PathBuf,
     pub passphrase: Option<Secret>,
-    pub host_keys: HostKeys,
+    pub host_keys: HostKeyPolicy,
     pub remote_dir: String,
     pub bandwidth_limit: Option<u64>,
     pub connect_timeout: Duration,
@@ -245,7 +259,22 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         message,
     })?;
     let mode = fs::metadata(path).map(|m| m.permissions().mode()).ok();
-    validate(raw, path, mode, &|name| std::env::var(name).ok())
+    validate(raw, path, mode, &|name| std::env::var(name).ok()).map_err(|e| match e {
+        ConfigError::Invalid {
+            path,
+            line: None,
+            section,
+            key,
+            message,
+        } => ConfigError::Invalid {
+            line: line_of(&text, section, key),
+            path,
+            section,
+            key,
+            message,
+        },
+        other => other,
+    })
 }
 
 /// Validates a parsed file. `file_mode` is the config file's permission bits (for the "readable by
@@ -320,6 +349,7 @@ impl Validator<'_> {
     ) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
+            line: None,
             section,
             key,
             message: message.into(),
@@ -472,6 +502,13 @@ impl Validator<'_> {
             .ca_file
             .map(|p| self.readable_file(S, "ca_file", &p))
             .transpose()?;
+        if !endpoint.is_tls() && !endpoint.is_loopback() {
+            self.warn(format!(
+                "[{S}] url {endpoint} is not encrypted and not on this machine: the access token (an \
+                 administrator's credential) and the backup password travel in clear over the network; \
+                 use https:// (e.g. through a reverse proxy) or reach Home Assistant over a trusted link"
+            ));
+        }
         if ca_file.is_some() && !endpoint.is_tls() {
             self.warn(format!(
                 "[{S}] ca_file is set but url {url} does not use TLS; the CA file is ignored"
@@ -545,7 +582,7 @@ impl Validator<'_> {
                 if !tofu {
                     self.readable_file(S, "known_hosts", &kh)?;
                 }
-                HostKeys::KnownHosts {
+                HostKeyPolicy::KnownHosts {
                     path,
                     trust_on_first_use: tofu,
                 }
@@ -568,7 +605,7 @@ impl Validator<'_> {
                         "only applies with `known_hosts`",
                     ));
                 }
-                HostKeys::Pinned(keys)
+                HostKeyPolicy::Pinned(keys)
             }
             (None, None) => {
                 return Err(self.err(
@@ -744,15 +781,19 @@ impl Validator<'_> {
             ("webhook_success", &r.webhook_success),
             ("webhook_failure", &r.webhook_failure),
         ] {
+            // The URL itself is never repeated: a ping URL is a secret (it holds the check's id).
             if let Some(u) = url
-                && !(u.starts_with("https://") || u.starts_with("http://"))
+                && let Err(e) = crate::daemon::WebhookUrl::parse(key, u)
             {
-                let key: &'static str = if key == "webhook_success" {
-                    "webhook_success"
-                } else {
-                    "webhook_failure"
+                let reason = match e {
+                    crate::daemon::NotifyError::InvalidUrl { reason, .. } => reason,
+                    other => other.to_string(),
                 };
-                return Err(self.err(S, key, format!("{u:?} must be an http:// or https:// URL")));
+                return Err(self.err(
+                    S,
+                    key,
+                    format!("not a usable webhook URL (value not shown): {reason}"),
+                ));
             }
         }
         Ok(Notify {

@@ -33,16 +33,17 @@ fn unknown_key_names_key_file_and_line() {
 fn token_from_file_is_trimmed_and_relative_to_the_config() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "token", "  secret-token\n");
+    // https, so the only warning this could give is about the token file.
     let l = load_str(
         dir.path(),
-        "[home_assistant]\nurl = \"http://ha:8123\"\ntoken_file = \"token\"\n",
+        "[home_assistant]\nurl = \"https://ha:8123\"\ntoken_file = \"token\"\n",
     )
     .unwrap();
     assert_eq!(l.config.home_assistant.token.expose(), "secret-token");
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
     assert_eq!(
         l.config.home_assistant.endpoint.ws_url(),
-        "ws://ha:8123/api/websocket"
+        "wss://ha:8123/api/websocket"
     );
     assert!(!format!("{:?}", l.config).contains("secret-token"));
 }
@@ -193,4 +194,104 @@ fn the_example_config_is_valid_and_complete() {
     // must still be known to the parser.
     let err = RawConfig::parse(&uncommented).err().unwrap_or_default();
     assert!(!err.contains("unknown field"), "{err}");
+}
+
+const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.s3cr3t-token-body";
+
+#[test]
+fn a_syntax_error_on_the_token_line_names_the_line_not_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    for body in [
+        // A stray word after the value.
+        format!("[home_assistant]\nurl = \"http://127.0.0.1:8123\"\ntoken = \"{TOKEN}\" oops\n"),
+        // The closing quote forgotten.
+        format!("[home_assistant]\nurl = \"http://127.0.0.1:8123\"\ntoken = \"{TOKEN}\n"),
+        // Not quoted at all.
+        format!("[home_assistant]\nurl = \"http://127.0.0.1:8123\"\ntoken = {TOKEN}\n"),
+    ] {
+        let err = load_str(dir.path(), &body).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(matches!(err, ConfigError::Parse { .. }), "{text}");
+        assert!(!text.contains(TOKEN), "the token was echoed: {text}");
+        assert!(
+            !text.contains("s3cr3t"),
+            "part of the token was echoed: {text}"
+        );
+        assert!(text.contains("line 3"), "{text}");
+        assert!(text.contains("hapull.toml"), "{text}");
+    }
+}
+
+#[test]
+fn a_secret_of_the_wrong_type_is_not_quoted_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = load_str(
+        dir.path(),
+        "[home_assistant]\nurl = \"http://127.0.0.1:8123\"\ntoken_file = \"t\"\n\n[backup]\npassword = 80417723991\n",
+    )
+    .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("80417723991"), "{text}");
+    assert!(text.contains("password"), "{text}");
+}
+
+#[test]
+fn a_bad_webhook_url_names_the_key_and_line_never_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "token", "abc\n");
+    let uuid = "5f2b6c1e-0d5b-4c7a-9f51-2b4c5d6e7f80";
+    for url in [
+        format!("hc-ping.com/{uuid}"),
+        format!("ftp://hc-ping.com/{uuid}"),
+        format!("https://user:{uuid}@hc-ping.com/"),
+        format!("https://hc-ping.com:99999/{uuid}"),
+    ] {
+        let err = load_str(
+            dir.path(),
+            &format!(
+                "[home_assistant]\nurl = \"http://127.0.0.1:8123\"\ntoken_file = \"token\"\n\n[notify]\nwebhook_failure = \"{url}\"\n"
+            ),
+        )
+        .unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains(uuid), "{url}: {text}");
+        assert!(text.contains("webhook_failure"), "{text}");
+        assert!(text.contains("line 6"), "{text}");
+    }
+}
+
+#[test]
+fn validation_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "token", "abc\n");
+    let err = load_str(
+        dir.path(),
+        "[home_assistant]\nurl = \"http://127.0.0.1:8123\"\ntoken_file = \"token\"\nheartbeat = \"0s\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("line 4: [home_assistant] heartbeat"), "{err}");
+}
+
+#[test]
+fn an_unencrypted_url_to_another_host_warns_that_the_token_travels_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "token", "abc\n");
+    let warnings = |url: &str| {
+        load_str(
+            dir.path(),
+            &format!("[home_assistant]\nurl = \"{url}\"\ntoken_file = \"token\"\n"),
+        )
+        .unwrap()
+        .warnings
+        .iter()
+        .map(|w| w.to_string())
+        .filter(|w| w.contains("in clear"))
+        .count()
+    };
+    assert_eq!(warnings("http://homeassistant.local:8123"), 1);
+    assert_eq!(warnings("ws://10.0.0.2:8123/api/websocket"), 1);
+    assert_eq!(warnings("http://127.0.0.1:8123"), 0);
+    assert_eq!(warnings("http://localhost:8123"), 0);
+    assert_eq!(warnings("https://ha.example.org"), 0);
 }

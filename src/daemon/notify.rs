@@ -75,13 +75,6 @@ impl WebhookUrl {
             reason: reason.to_string(),
         };
         let url = url.trim();
-        let (https, rest) = if let Some(r) = strip_prefix_ci(url, "https://") {
-            (true, r)
-        } else if let Some(r) = strip_prefix_ci(url, "http://") {
-            (false, r)
-        } else {
-            return Err(bad("the scheme is not http:// or https://"));
-        };
         if url
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
@@ -90,54 +83,48 @@ impl WebhookUrl {
                 "it contains spaces, control or non-ASCII characters (percent-encode them)",
             ));
         }
-        let rest = rest.split('#').next().unwrap_or("");
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(split);
-        if authority.contains('@') {
+        // Parsing is http::Uri's (it drops a fragment, which is never sent anyway). Its errors do
+        // not repeat the input, but are mapped to reasons a user can act on.
+        let uri: http::Uri =
+            url.parse()
+                .map_err(|e: http::uri::InvalidUri| match e.to_string().as_str() {
+                    "invalid authority" | "invalid uri character" => {
+                        bad("the host has characters a host name cannot have")
+                    }
+                    _ => bad("the host is missing"),
+                })?;
+        let https = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad("the scheme is not http:// or https://")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("the host is missing"))?;
+        if authority.as_str().contains('@') {
             return Err(bad("user names and passwords in the URL are not supported"));
         }
         let default_port = if https { 443 } else { 80 };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6
-                .split_once(']')
-                .ok_or_else(|| bad("an IPv6 address misses its closing ]"))?;
-            let port = match after {
-                "" => None,
-                p => Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| bad("junk after the IPv6 address"))?,
-                ),
-            };
-            (h, port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
+        let port = match (uri.port_u16(), port_text(authority.as_str())) {
+            (Some(p), _) if p != 0 => p,
+            (None, None) => default_port,
+            _ => return Err(bad("the port is not a number in 1-65535")),
         };
-        let port = match port {
-            None | Some("") => default_port,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("the port is not a number in 1-65535"))?,
-        };
+        let bracketed = authority.host().starts_with('[');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if host.is_empty() {
             return Err(bad("the host is missing"));
         }
-        let bracketed = authority.starts_with('[');
         if !host.chars().all(|c| {
             c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_') || (bracketed && c == ':')
         }) {
             return Err(bad("the host has characters a host name cannot have"));
         }
-        let path = if path.is_empty() {
-            "/".to_string()
-        } else if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_string()
+        let path = match uri.path_and_query().map(|p| p.as_str()) {
+            Some(p) if p.starts_with('/') => p.to_string(),
+            Some(p) => format!("/{p}"),
+            None => "/".to_string(),
         };
         Ok(WebhookUrl {
             https,
@@ -165,10 +152,17 @@ impl WebhookUrl {
     }
 }
 
-fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+/// The text after the authority's port colon, if there is one and it is not empty (`host:` means the
+/// default port).
+fn port_text(authority: &str) -> Option<&str> {
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    after_host
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty())
 }
 
 impl fmt::Display for WebhookUrl {

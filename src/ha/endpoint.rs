@@ -12,7 +12,7 @@ pub struct Endpoint {
     path: String,
 }
 
-/// Why a URL is not a Home Assistant address.
+/// Why a URL is not a Home Assistant address. Shows the URL without any user name or password in it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{url:?} is not a Home Assistant URL: {why}; write e.g. \"http://homeassistant.local:8123\""
@@ -22,66 +22,87 @@ pub struct EndpointError {
     why: &'static str,
 }
 
+/// The URL as it may be shown: credentials (`user:password@`) replaced, so an error never echoes them.
+fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 impl Endpoint {
     /// Accepts `http(s)://host[:port][/prefix]`, `ws(s)://...`, with or without `/api/websocket`.
+    /// Parsing is `http::Uri`'s; this adds what Home Assistant needs on top.
     pub fn parse(url: &str) -> Result<Endpoint, EndpointError> {
+        let trimmed = url.trim();
         let err = |why| EndpointError {
-            url: url.to_string(),
+            url: shown(trimmed),
             why,
         };
-        let trimmed = url.trim();
-        let (scheme, rest) = trimmed.split_once("://").ok_or(err("no scheme"))?;
-        let tls = match scheme.to_ascii_lowercase().as_str() {
-            "http" | "ws" => false,
-            "https" | "wss" => true,
-            _ => return Err(err("the scheme must be http, https, ws or wss")),
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        if path.contains(['?', '#']) || authority.contains(['?', '#']) {
+        if !trimmed.contains("://") {
+            return Err(err("no scheme"));
+        }
+        if trimmed.contains('#') {
+            // http::Uri drops a fragment silently; a URL with one was not meant for us.
             return Err(err("query strings and fragments are not allowed"));
         }
-        if authority.contains('@') {
+        let uri: http::Uri = trimmed.parse().map_err(|_| {
+            err("it is not a valid URL (a host name, an optional :port and path are expected)")
+        })?;
+        let tls = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("http" | "ws") => false,
+            Some("https" | "wss") => true,
+            _ => return Err(err("the scheme must be http, https, ws or wss")),
+        };
+        if uri.query().is_some() {
+            return Err(err("query strings and fragments are not allowed"));
+        }
+        let authority = uri.authority().ok_or(err("no host"))?;
+        if authority.as_str().contains('@') {
             return Err(err(
                 "credentials in the URL are not allowed; use token_file",
             ));
         }
-        let default_port = if tls { 443 } else { 80 };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or(err("unclosed IPv6 bracket"))?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| err("the port is not a number"))?,
-                None if after.is_empty() => default_port,
-                None => return Err(err("unexpected text after the IPv6 address")),
-            };
-            (format!("[{h}]"), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (
-                    h.to_string(),
-                    p.parse().map_err(|_| err("the port is not a number"))?,
-                ),
-                None => (authority.to_string(), default_port),
-            }
-        };
-        if host.is_empty() || host.contains(char::is_whitespace) {
+        let host = authority.host();
+        if host.is_empty() || host == "[]" {
             return Err(err("no host"));
         }
-        if port == 0 {
-            return Err(err("port 0"));
-        }
-        let mut path = path.trim_end_matches('/').to_string();
+        let port = match (uri.port_u16(), port_text(authority.as_str())) {
+            (Some(0), _) => return Err(err("port 0")),
+            (Some(p), _) => p,
+            (None, Some(_)) => return Err(err("the port is not a number")),
+            (None, None) => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+        };
+        let mut path = uri.path().trim_end_matches('/').to_string();
         if !path.ends_with("/api/websocket") {
             path.push_str("/api/websocket");
         }
         Ok(Endpoint {
             tls,
-            host,
+            host: host.to_string(),
             port,
             path,
         })
+    }
+
+    /// True when the host is this machine (`localhost`, `127.0.0.0/8`, `::1`): only then does an
+    /// unencrypted connection keep the token off the network.
+    pub fn is_loopback(&self) -> bool {
+        let host = self.host();
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 
     pub fn is_tls(&self) -> bool {
@@ -107,6 +128,19 @@ impl Endpoint {
             self.path
         )
     }
+}
+
+/// The text after the authority's port colon, if there is one and it is not empty (`h:` means the
+/// default port, as browsers read it).
+fn port_text(authority: &str) -> Option<&str> {
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    after_host
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty())
 }
 
 impl fmt::Display for Endpoint {
@@ -165,6 +199,29 @@ mod tests {
         ] {
             let e = Endpoint::parse(bad).unwrap_err().to_string();
             assert!(e.contains("is not a Home Assistant URL"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_never_echo_credentials() {
+        let e = Endpoint::parse("http://admin:hunter2@ha.local:8123/?x")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("<redacted>@ha.local:8123"), "{e}");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for (url, lo) in [
+            ("http://localhost:8123", true),
+            ("http://127.0.0.1:8123", true),
+            ("http://127.1.2.3:8123", true),
+            ("http://[::1]:8123", true),
+            ("http://homeassistant.local:8123", false),
+            ("http://10.0.0.2:8123", false),
+        ] {
+            assert_eq!(Endpoint::parse(url).unwrap().is_loopback(), lo, "{url}");
         }
     }
 }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -99,7 +101,7 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
         let pem = std::fs::read(path)
             .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
         let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert =
                 cert.map_err(|e| format!("ca_file {} is not valid PEM: {e}", path.display()))?;
             roots
@@ -341,5 +343,40 @@ impl Drop for Subscription {
         let _ = self
             .commands
             .try_send(Command::Unsubscribe { key: self.key });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_files_that_hold_no_usable_certificate_are_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("empty.pem", "", "holds no PEM certificate"),
+            (
+                "text.pem",
+                "not a certificate\n",
+                "holds no PEM certificate",
+            ),
+            (
+                "broken.pem",
+                "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                "is not valid PEM",
+            ),
+            (
+                "junk.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "unusable certificate",
+            ),
+        ];
+        for (name, body, want) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, body).unwrap();
+            let err = tls_config(Some(&path)).unwrap_err();
+            assert!(err.contains(want), "{name}: {err}");
+            assert!(err.contains(&path.display().to_string()), "{name}: {err}");
+        }
     }
 }

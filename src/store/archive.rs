@@ -108,7 +108,7 @@ pub struct ArchiveSummary {
 
 impl ArchiveSummary {
     pub fn sha256_hex(&self) -> String {
-        hex(&self.sha256)
+        hex::encode(self.sha256)
     }
 }
 
@@ -387,17 +387,6 @@ fn describe_inner(e: TarError, gzip: bool) -> String {
         TarError::Io { source, .. } if gzip => format!("gzip data is corrupt ({source})"),
         other => format!("its tar content is invalid: {other}"),
     }
-}
-
-/// Lowercase hex of a digest.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// Passes bytes through while hashing them.

@@ -50,7 +50,7 @@ pub use ledger::{Entry as LedgerEntry, LEDGER_FILE, Ledger};
 pub use names::{MAX_COMPONENT_BYTES, NameError, safe_component, sanitize_for_filename};
 pub use retention::{Decision, RetentionPolicy, plan};
 
-use archive::{hash_file, hex};
+use archive::hash_file;
 
 /// Name of the checksum file at the store root.
 pub const SUMS_FILE: &str = "SHA256SUMS";
@@ -288,7 +288,7 @@ impl Store {
     /// archive of that backup id is stored, refuses.
     pub fn commit(&self, partial: &Path, info: &CommitInfo) -> Result<StoredArchive, StoreError> {
         let backup_id = safe_component(&info.backup_id)?;
-        let new_sha = hex(&info.sha256);
+        let new_sha = hex::encode(info.sha256);
         let meta = fs::metadata(partial).map_err(io_err("read", partial))?;
         if meta.len() != info.size {
             return Err(StoreError::SizeMismatch {
@@ -524,7 +524,7 @@ impl Store {
             Some(v) => v,
             None => hash_file(&archive.path).map_err(io_err("read", &archive.path))?,
         };
-        let actual_sha256 = hex(&sha);
+        let actual_sha256 = hex::encode(sha);
         if size != m.size {
             problems.push(format!(
                 "size is {size} bytes, the manifest says {}",
@@ -846,8 +846,8 @@ fn copy_durably(from: &Path, tmp: &Path, sha256: &[u8; 32]) -> Result<(), StoreE
     if &copied != sha256 {
         return Err(StoreError::HashMismatch {
             path: tmp.to_owned(),
-            expected: hex(sha256),
-            actual: hex(&copied),
+            expected: hex::encode(sha256),
+            actual: hex::encode(copied),
         });
     }
     Ok(())

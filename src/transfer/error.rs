@@ -27,6 +27,20 @@ pub enum TransferError {
         message: String,
     },
 
+    /// One step of setting up the session (handshake, login, channel open, SFTP subsystem request, SFTP
+    /// start) got no answer in time.
+    #[error(
+        "{step} with {host}:{port} did not finish within {after:?}; the server accepted the connection \
+         but stopped answering (overloaded, or sshd waiting on something such as a slow AuthorizedKeysCommand \
+         or DNS lookup); raise [ssh] connect_timeout if the host is just slow"
+    )]
+    StepTimeout {
+        host: String,
+        port: u16,
+        step: &'static str,
+        after: std::time::Duration,
+    },
+
     /// The host is not listed in known_hosts (and trust on first use is off).
     #[error(
         "known_hosts {path} has no entry for {host_port} (key {fingerprint}); \
@@ -62,6 +76,18 @@ pub enum TransferError {
         host_port: String,
         fingerprint: String,
         pinned: String,
+    },
+
+    /// A line of the known_hosts file cannot be parsed. Not skipped: it may be the entry that pins
+    /// this host.
+    #[error(
+        "known_hosts {path} line {line} cannot be parsed: {reason}; fix or delete that line \
+         (each line is `host[,host...] key-type base64-key`)"
+    )]
+    KnownHostsLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
     },
 
     /// The known_hosts file is missing or unreadable; not the same as "host unknown".
@@ -184,6 +210,7 @@ impl TransferError {
             self,
             TransferError::Connect { .. }
                 | TransferError::Disconnected { .. }
+                | TransferError::StepTimeout { .. }
                 | TransferError::RemoteChanged { .. }
         )
     }

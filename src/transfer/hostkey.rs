@@ -81,15 +81,19 @@ pub(crate) enum Verdict {
 }
 
 /// Key algorithms recorded for this host, so negotiation can ask the server for a key we can check.
+/// A file that cannot be read or parsed yields none here; [`check_known_hosts`] reports why.
 pub(crate) fn known_algorithms(path: &Path, host: &str, port: u16) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
+    let Ok(entries) = entries(&text) else {
+        return Vec::new();
+    };
     let wanted = host_port(host, port);
     let mut out = Vec::new();
-    for entry in entries(&text) {
+    for entry in entries {
         if entry.marker.is_none() && hosts_match(entry.hosts, &wanted) {
-            let alg = entry.algorithm.to_string();
+            let alg = entry.key.algorithm().to_string();
             if !out.contains(&alg) {
                 out.push(alg);
             }
@@ -102,31 +106,69 @@ struct Entry<'a> {
     line: usize,
     marker: Option<&'a str>,
     hosts: &'a str,
-    algorithm: &'a str,
-    key_b64: &'a str,
+    key: PublicKey,
 }
 
-fn entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
-    text.lines().enumerate().filter_map(|(i, raw)| {
+/// A line of known_hosts that cannot be read as `[marker] hosts algorithm base64-key [comment]`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BadLine {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Every entry of a known_hosts file. A line that cannot be parsed is an error rather than skipped:
+/// it may be the very entry meant to pin this host, and skipping it would turn a pinned host into an
+/// unknown one (which trust on first use would then accept).
+fn entries(text: &str) -> Result<Vec<Entry<'_>>, BadLine> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
-            return None;
+            continue;
         }
+        let bad = |reason: String| BadLine {
+            line: i + 1,
+            reason,
+        };
         let mut fields = line.split_whitespace();
-        let mut first = fields.next()?;
         let mut marker = None;
-        if first.starts_with('@') {
-            marker = Some(first);
-            first = fields.next()?;
+        let mut hosts = fields.next().unwrap_or_default();
+        if hosts.starts_with('@') {
+            if !matches!(hosts, "@revoked" | "@cert-authority") {
+                return Err(bad(format!(
+                    "unknown marker {hosts:?} (only @revoked and @cert-authority exist)"
+                )));
+            }
+            marker = Some(hosts);
+            hosts = fields
+                .next()
+                .ok_or_else(|| bad("a marker but no host patterns".into()))?;
         }
-        Some(Entry {
+        for pattern in hosts.split(',') {
+            let pattern = pattern.strip_prefix('!').unwrap_or(pattern);
+            if let Some(hashed) = pattern.strip_prefix("|1|") {
+                decode_hashed(hashed)
+                    .ok_or_else(|| bad("a hashed host entry that is not |1|salt|hash".into()))?;
+            } else if pattern.is_empty() {
+                return Err(bad("an empty host pattern".into()));
+            }
+        }
+        let algorithm = fields
+            .next()
+            .ok_or_else(|| bad("host patterns but no key type".into()))?;
+        let key_b64 = fields
+            .next()
+            .ok_or_else(|| bad(format!("key type {algorithm} but no key")))?;
+        let key = parse_key(algorithm, key_b64)
+            .ok_or_else(|| bad(format!("the {algorithm} key is not valid base64 key data")))?;
+        out.push(Entry {
             line: i + 1,
             marker,
-            hosts: first,
-            algorithm: fields.next()?,
-            key_b64: fields.next()?,
-        })
-    })
+            hosts,
+            key,
+        });
+    }
+    Ok(out)
 }
 
 /// Checks `key` for `host`/`port` against the known_hosts file at `path`.
@@ -141,46 +183,49 @@ pub(crate) fn check_known_hosts(
             path: path.to_path_buf(),
             source,
         })?;
-    Ok(verdict(&text, host, port, key))
+    verdict(&text, host, port, key).map_err(|bad| TransferError::KnownHostsLine {
+        path: path.to_path_buf(),
+        line: bad.line,
+        reason: bad.reason,
+    })
 }
 
-fn verdict(text: &str, host: &str, port: u16, key: &PublicKey) -> Verdict {
+/// Any key recorded for the host pins it: a key that matches none of them is a changed key, whatever
+/// its type. (Treating a new key type as "unknown" would let trust on first use accept a server that
+/// simply stopped offering the recorded type, which is exactly what an attacker would do.)
+fn verdict(text: &str, host: &str, port: u16, key: &PublicKey) -> Result<Verdict, BadLine> {
     let wanted = host_port(host, port);
     let mut changed = None;
     let mut trusted = false;
-    for entry in entries(text) {
+    for entry in entries(text)? {
         if !hosts_match(entry.hosts, &wanted) {
             continue;
         }
-        let Some(recorded) = parse_key(entry.algorithm, entry.key_b64) else {
-            tracing::warn!(line = entry.line, "skipping unparsable known_hosts line");
-            continue;
-        };
-        let same = recorded.key_data() == key.key_data();
+        let same = entry.key.key_data() == key.key_data();
         match entry.marker {
             Some("@revoked") if same => {
-                return Verdict::Changed {
+                return Ok(Verdict::Changed {
                     line: entry.line,
-                    algorithm: format!("{} (revoked)", entry.algorithm),
-                };
+                    algorithm: format!("{} (revoked)", entry.key.algorithm()),
+                });
             }
             Some(_) => continue,
             None => {}
         }
         if same {
             trusted = true;
-        } else if recorded.algorithm() == key.algorithm() && changed.is_none() {
+        } else if changed.is_none() {
             changed = Some(Verdict::Changed {
                 line: entry.line,
-                algorithm: entry.algorithm.to_string(),
+                algorithm: entry.key.algorithm().to_string(),
             });
         }
     }
-    if trusted {
+    Ok(if trusted {
         Verdict::Trusted
     } else {
         changed.unwrap_or(Verdict::Unknown)
-    }
+    })
 }
 
 fn parse_key(algorithm: &str, b64: &str) -> Option<PublicKey> {
@@ -211,11 +256,16 @@ fn hosts_match(patterns: &str, host_port: &str) -> bool {
     matched
 }
 
+fn decode_hashed(salt_and_hash: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (salt, hash) = salt_and_hash.split_once('|')?;
+    Some((
+        Base64::decode_vec(salt).ok()?,
+        Base64::decode_vec(hash).ok()?,
+    ))
+}
+
 fn hashed_match(salt_and_hash: &str, host_port: &str) -> bool {
-    let Some((salt, hash)) = salt_and_hash.split_once('|') else {
-        return false;
-    };
-    let (Ok(salt), Ok(hash)) = (Base64::decode_vec(salt), Base64::decode_vec(hash)) else {
+    let Some((salt, hash)) = decode_hashed(salt_and_hash) else {
         return false;
     };
     let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &salt);
@@ -303,7 +353,12 @@ pub fn trust_host_key(
             });
         }
     };
-    match verdict(&text, host, port, &key) {
+    let verdict = verdict(&text, host, port, &key).map_err(|bad| TransferError::KnownHostsLine {
+        path: path.to_path_buf(),
+        line: bad.line,
+        reason: bad.reason,
+    })?;
+    match verdict {
         Verdict::Trusted => Ok(TrustOutcome::AlreadyPresent),
         Verdict::Changed { line, algorithm } => Err(TransferError::HostKeyChanged {
             host_port: info.host_port.clone(),
@@ -335,31 +390,38 @@ mod tests {
     const OTHER: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAID8cscSPtNaYCn1BeTs6RVDFI14MyqCzy0C55hkHMuW0";
 
+    /// An ECDSA key, for "the host now offers another key type".
+    const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBInb9FHyLLK6+CC37iYyIdbkUYXrp5D7KMimOxVVojzlhtOWk5+nlrRpTBcIkLP+3Lh4rl1Wy79k5q9eN6zxiD4=";
+
     fn key(s: &str) -> PublicKey {
         PublicKey::from_openssh(s).unwrap()
+    }
+
+    fn v(text: &str, host: &str, port: u16, key: &PublicKey) -> Verdict {
+        verdict(text, host, port, key).unwrap()
     }
 
     #[test]
     fn plain_bracketed_and_wildcard_entries_match() {
         let k = key(KEY);
         assert_eq!(
-            verdict(&format!("ha.local {KEY}\n"), "ha.local", 22, &k),
+            v(&format!("ha.local {KEY}\n"), "ha.local", 22, &k),
             Verdict::Trusted
         );
         assert_eq!(
-            verdict(&format!("[ha.local]:2222 {KEY}\n"), "ha.local", 2222, &k),
+            v(&format!("[ha.local]:2222 {KEY}\n"), "ha.local", 2222, &k),
             Verdict::Trusted
         );
         assert_eq!(
-            verdict(&format!("ha.local {KEY}\n"), "ha.local", 2222, &k),
+            v(&format!("ha.local {KEY}\n"), "ha.local", 2222, &k),
             Verdict::Unknown
         );
         assert_eq!(
-            verdict(&format!("*.local,!evil.local {KEY}\n"), "ha.local", 22, &k),
+            v(&format!("*.local,!evil.local {KEY}\n"), "ha.local", 22, &k),
             Verdict::Trusted
         );
         assert_eq!(
-            verdict(
+            v(
                 &format!("*.local,!evil.local {KEY}\n"),
                 "evil.local",
                 22,
@@ -382,11 +444,11 @@ mod tests {
         );
         let k = key(KEY);
         assert_eq!(
-            verdict(&format!("{hashed} {KEY}\n"), "ha.local", 22, &k),
+            v(&format!("{hashed} {KEY}\n"), "ha.local", 22, &k),
             Verdict::Trusted
         );
         assert_eq!(
-            verdict(&format!("{hashed} {KEY}\n"), "other", 22, &k),
+            v(&format!("{hashed} {KEY}\n"), "other", 22, &k),
             Verdict::Unknown
         );
     }
@@ -399,10 +461,10 @@ mod tests {
         };
         let text = format!("# comment\n\nha.local {OTHER}\n");
         assert!(matches!(
-            verdict(&text, "ha.local", 22, &key(KEY)),
+            v(&text, "ha.local", 22, &key(KEY)),
             Verdict::Changed { line: 3, .. }
         ));
-        assert_eq!(verdict(&text, "ha.local", 22, &other), Verdict::Trusted);
+        assert_eq!(v(&text, "ha.local", 22, &other), Verdict::Trusted);
     }
 
     #[test]
@@ -411,5 +473,47 @@ mod tests {
         let fp = fingerprint(&k);
         assert!(pinned_match(&[format!("{fp}=")], &k));
         assert!(!pinned_match(&["SHA256:nope".into()], &k));
+    }
+
+    #[test]
+    fn a_key_of_another_type_than_the_recorded_one_is_a_change() {
+        let text = format!("ha.local {KEY}\n");
+        assert_eq!(
+            v(&text, "ha.local", 22, &key(ECDSA)),
+            Verdict::Changed {
+                line: 1,
+                algorithm: "ssh-ed25519".into()
+            }
+        );
+        // With both types recorded, either one is trusted.
+        let both = format!("ha.local {KEY}\nha.local {ECDSA}\n");
+        assert_eq!(v(&both, "ha.local", 22, &key(ECDSA)), Verdict::Trusted);
+        assert_eq!(v(&both, "ha.local", 22, &key(KEY)), Verdict::Trusted);
+        // A key recorded for another host pins nothing here.
+        assert_eq!(v(&text, "other.local", 22, &key(ECDSA)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn an_unparsable_line_is_an_error_naming_the_line() {
+        let k = key(KEY);
+        for (text, line, reason) in [
+            (
+                format!("ha.local {KEY}\nother.local ssh-ed25519\n"),
+                2,
+                "no key",
+            ),
+            (
+                "# c\nha.local ssh-ed25519 not-base64!\n".to_string(),
+                2,
+                "not valid",
+            ),
+            ("ha.local\n".to_string(), 1, "no key type"),
+            (format!("@bogus ha.local {KEY}\n"), 1, "unknown marker"),
+            (format!("|1|nope ha.local {KEY}\n"), 1, "hashed"),
+        ] {
+            let err = verdict(&text, "ha.local", 22, &k).unwrap_err();
+            assert_eq!(err.line, line, "{text:?}");
+            assert!(err.reason.contains(reason), "{text:?}: {}", err.reason);
+        }
     }
 }

@@ -93,7 +93,7 @@ pub struct PullOutcome {
 impl PullOutcome {
     /// The SHA-256 as lowercase hex, as `sha256sum` prints it.
     pub fn sha256_hex(&self) -> String {
-        self.sha256.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.sha256)
     }
 }
 

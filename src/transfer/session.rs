@@ -18,7 +18,8 @@ use super::{SshTarget, TransferError};
 /// SSH and SFTP tuning for one connection. The defaults are what `pull` uses.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
-    /// Limit for TCP connect plus SSH handshake and login.
+    /// Limit for each step of setting up a session: TCP connect, SSH handshake, login, channel open,
+    /// SFTP subsystem request and SFTP start (each step has the whole limit).
     pub connect_timeout: Duration,
     /// How long one SFTP request may wait for its answer before the connection counts as dropped.
     pub request_timeout: Duration,
@@ -286,7 +287,33 @@ async fn handshake(
     match result {
         Ok(Ok(handle)) => Ok((handle, seen)),
         Ok(Err(e)) => Err(disconnected(host, port, e.to_string())),
-        Err(_) => Err(disconnected(host, port, "SSH handshake timed out".into())),
+        Err(_) => Err(TransferError::StepTimeout {
+            host: host.to_string(),
+            port,
+            step: "SSH handshake",
+            after: opts.connect_timeout,
+        }),
+    }
+}
+
+/// One step of setting up a session, bounded by `limit` so a server that stops answering halfway
+/// (after the handshake, during login, on the channel or subsystem request) cannot hang the cycle.
+async fn ssh_step<T>(
+    host: &str,
+    port: u16,
+    step: &'static str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, russh::Error>>,
+) -> Result<T, TransferError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(disconnected(host, port, format!("{step} failed: {e}"))),
+        Err(_) => Err(TransferError::StepTimeout {
+            host: host.to_string(),
+            port,
+            step,
+            after: limit,
+        }),
     }
 }
 
@@ -372,15 +399,21 @@ impl Session {
     ) -> Result<Session, TransferError> {
         let (host, port) = (target.host.as_str(), target.port);
         let (mut ssh, _) = handshake(host, port, Some(target.host_keys.clone()), opts).await?;
-        let lost = |e: russh::Error| disconnected(host, port, e.to_string());
-        let hash = ssh.best_supported_rsa_hash().await.map_err(lost)?.flatten();
-        let auth = ssh
-            .authenticate_publickey(
+        let limit = opts.connect_timeout;
+        let hash = ssh_step(host, port, "login", limit, ssh.best_supported_rsa_hash())
+            .await?
+            .flatten();
+        let auth = ssh_step(
+            host,
+            port,
+            "login",
+            limit,
+            ssh.authenticate_publickey(
                 &target.user,
                 PrivateKeyWithHashAlg::new(identity.key.clone(), hash),
-            )
-            .await
-            .map_err(lost)?;
+            ),
+        )
+        .await?;
         if !matches!(auth, AuthResult::Success) {
             return Err(TransferError::AuthRefused {
                 user: target.user.clone(),
@@ -389,20 +422,36 @@ impl Session {
                 key_file: identity.path.clone(),
             });
         }
-        let channel = ssh.channel_open_session().await.map_err(lost)?;
-        channel
-            .request_subsystem(true, "sftp")
-            .await
-            .map_err(lost)?;
+        let channel = ssh_step(
+            host,
+            port,
+            "channel open",
+            limit,
+            ssh.channel_open_session(),
+        )
+        .await?;
+        ssh_step(
+            host,
+            port,
+            "SFTP subsystem request",
+            limit,
+            channel.request_subsystem(true, "sftp"),
+        )
+        .await?;
         let cfg = russh_sftp::client::Config {
             max_packet_len: 256 * 1024 + 1024,
             request_timeout_secs: opts.request_timeout.as_secs().max(1),
             ..Default::default()
         };
         let mut sftp = RawSftpSession::new_with_config(channel.into_stream(), cfg);
-        tokio::time::timeout(opts.connect_timeout, sftp.init())
+        tokio::time::timeout(limit, sftp.init())
             .await
-            .map_err(|_| disconnected(host, port, "SFTP subsystem did not answer".into()))?
+            .map_err(|_| TransferError::StepTimeout {
+                host: host.to_string(),
+                port,
+                step: "SFTP start",
+                after: limit,
+            })?
             .map_err(|e| {
                 disconnected(host, port, format!("SFTP subsystem failed to start: {e}"))
             })?;

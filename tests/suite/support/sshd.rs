@@ -18,15 +18,19 @@ pub struct Sshd {
     pub user: String,
     /// Client private key authorised to log in (unencrypted ed25519).
     pub client_key: PathBuf,
-    /// The server's public host key in OpenSSH format (`ssh-ed25519 AAAA...`).
+    /// The server's public host key in OpenSSH format (`ssh-ed25519 AAAA...` by default).
     pub host_public_key: String,
     child: Child,
     log: PathBuf,
 }
 
 fn keygen(path: &Path, passphrase: &str) {
+    keygen_typed(path, "ed25519", passphrase)
+}
+
+fn keygen_typed(path: &Path, key_type: &str, passphrase: &str) {
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", passphrase, "-C", "", "-f"])
+        .args(["-q", "-t", key_type, "-N", passphrase, "-C", "", "-f"])
         .arg(path)
         .stdin(Stdio::null())
         .status()
@@ -60,14 +64,26 @@ fn free_port() -> u16 {
 impl Sshd {
     /// Starts sshd and waits until it accepts connections. Panics (test failure) if sshd is missing.
     pub fn start() -> Sshd {
+        Sshd::start_with_host_key("ed25519")
+    }
+
+    /// Starts sshd with a single host key of `key_type` (`ed25519`, `ecdsa`), so the server offers
+    /// only that type.
+    pub fn start_with_host_key(key_type: &str) -> Sshd {
+        Sshd::start_with(key_type, "")
+    }
+
+    /// Starts sshd with a host key of `key_type` and `extra` sshd_config lines, which come first and
+    /// so take precedence over the defaults (sshd uses the first value of a keyword).
+    pub fn start_with(key_type: &str, extra: &str) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} not found: install openssh-server (e.g. `apt-get install openssh-server`) to run these tests"
         );
         let dir = tempfile::tempdir().expect("temp dir");
-        let host_key = dir.path().join("host_ed25519");
+        let host_key = dir.path().join(format!("host_{key_type}"));
         let client_key = dir.path().join("id_ed25519");
-        keygen(&host_key, "");
+        keygen_typed(&host_key, key_type, "");
         keygen(&client_key, "");
         let authorized = dir.path().join("authorized_keys");
         std::fs::copy(client_key.with_extension("pub"), &authorized)
@@ -78,7 +94,8 @@ impl Sshd {
         std::fs::write(
             &config,
             format!(
-                "ListenAddress 127.0.0.1:{port}\n\
+                "{extra}\n\
+                 ListenAddress 127.0.0.1:{port}\n\
                  HostKey {host}\n\
                  AuthorizedKeysFile {auth}\n\
                  PidFile none\n\
@@ -89,7 +106,13 @@ impl Sshd {
                  KbdInteractiveAuthentication no\n\
                  MaxStartups 100\n\
                  LogLevel ERROR\n\
-                 Subsystem sftp internal-sftp\n",
+                 {subsystem}",
+                // sshd refuses a second Subsystem line for the same name.
+                subsystem = if extra.contains("Subsystem sftp") {
+                    ""
+                } else {
+                    "Subsystem sftp internal-sftp\n"
+                },
                 host = host_key.display(),
                 auth = authorized.display(),
             ),
