@@ -62,7 +62,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let sftp = SftpServer::start(SftpServerOptions::new(
         &ha_backups,
-        "backup",
+        "hapull-sftp",
         key.public_key().clone(),
     ))
     .await
@@ -195,7 +195,7 @@ token_file = "ha_token"
 [ssh]
 host = "127.0.0.1"
 port = {port}
-user = "backup"
+user = "hapull-sftp"
 identity_file = "id_ed25519"
 known_hosts = "known_hosts"
 remote_dir = "/"

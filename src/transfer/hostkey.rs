@@ -353,11 +353,12 @@ pub fn trust_host_key(
             });
         }
     };
-    let verdict = verdict(&text, host, port, &key).map_err(|bad| TransferError::KnownHostsLine {
-        path: path.to_path_buf(),
-        line: bad.line,
-        reason: bad.reason,
-    })?;
+    let verdict =
+        verdict(&text, host, port, &key).map_err(|bad| TransferError::KnownHostsLine {
+            path: path.to_path_buf(),
+            line: bad.line,
+            reason: bad.reason,
+        })?;
     match verdict {
         Verdict::Trusted => Ok(TrustOutcome::AlreadyPresent),
         Verdict::Changed { line, algorithm } => Err(TransferError::HostKeyChanged {
