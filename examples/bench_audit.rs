@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hapull::audit::{self, AuditLog, AuditOptions, EventStatus};
+use hapull::audit::{self, AuditLog, AuditOptions, EventStatus, Kind};
 use serde_json::{Value, json};
 
 struct Args {
@@ -154,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..per_tick {
             let data = state_changed(i, args.full);
             let t0 = Instant::now();
-            let status = log.event("ha.event", data);
+            let status = log.event(Kind::HaEvent, data);
             enqueue_ns.push(t0.elapsed().as_nanos() as u64);
             if status != EventStatus::Queued {
                 not_queued += 1;
@@ -201,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
     let mut dropped = 0u64;
     while Instant::now() < end {
         for _ in 0..1000 {
-            if log.event("ha.event", state_changed(n, args.full)) == EventStatus::Dropped {
+            if log.event(Kind::HaEvent, state_changed(n, args.full)) == EventStatus::Dropped {
                 dropped += 1;
             }
             n += 1;

@@ -5,7 +5,6 @@
 //! can be inspected (`hapull -c <folder>/hapull.toml list`, `... audit verify`).
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -174,15 +173,8 @@ fn say(line: &str) {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
+    hapull::private_fs::write_atomic(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn demo_config(url: &str, port: u16) -> String {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod ha;
+pub mod private_fs;
 pub mod secret;
 pub mod service;
 pub mod store;

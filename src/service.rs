@@ -10,17 +10,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::audit::{AuditLog, AuditOptions};
+use crate::audit::{AuditLog, AuditOptions, Kind};
 use crate::config::{Config, VerifyLevel};
-use crate::cycle::{Context, Report, Settings};
+use crate::cycle::{Context, CycleError, Report, Settings};
 use crate::daemon::{
-    Clock, CycleReport, Metrics, Notifier, Outcome, RunReason, Schedule, Scheduler, StateFile,
-    StatusServer, Tick,
+    Clock, CycleReport, Metrics, Notifier, Outcome, PendingRetry, RetryAt, RetryOutcome,
+    RetryPolicy, RunReason, Schedule, Scheduler, StateFile, StatusServer, Tick, retry_until,
 };
 use crate::ha::{Client, ClientOptions, ConnectionState, HaError, SubItem};
 use crate::store::{RetentionPolicy, Store};
@@ -66,6 +67,33 @@ pub fn open_store(cfg: &Config) -> Result<Store, ServiceError> {
         ))
     })?;
     Store::open(&store.dir)
+        .map_err(|e| setup(format!("opening the store {}: {e}", store.dir.display())))
+}
+
+/// Where the one-writer lock lives: the store's folder, or (with no store configured) the audit log's.
+/// Every process that writes either takes it there, so they agree on it.
+pub fn lock_dir(cfg: &Config) -> Result<std::path::PathBuf, ServiceError> {
+    if let Some(store) = &cfg.store {
+        return Ok(store.dir.clone());
+    }
+    if let Some(a) = &cfg.audit {
+        return Ok(crate::private_fs::parent_of(&a.path));
+    }
+    Err(ServiceError::Config(format!(
+        "{}: neither [store] nor [audit] is configured, so there is nothing to write",
+        cfg.path.display()
+    )))
+}
+
+/// Opens the store for reading only: repairs nothing, so it is safe beside a writer.
+pub fn open_store_read_only(cfg: &Config) -> Result<Store, ServiceError> {
+    let store = cfg.store.as_ref().ok_or_else(|| {
+        ServiceError::Config(format!(
+            "{}: section [store] is required; see config/hapull.example.toml",
+            cfg.path.display()
+        ))
+    })?;
+    Store::open_read_only(&store.dir)
         .map_err(|e| setup(format!("opening the store {}: {e}", store.dir.display())))
 }
 
@@ -166,22 +194,23 @@ async fn connect_with_retry(
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<Option<Client>, ServiceError> {
     let opts = client_options(cfg, true)?;
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match Client::connect(opts.clone()).await {
-            Ok(c) => return Ok(Some(c)),
-            Err(e) if e.is_transient() => {
-                warn!(error = %e, retry_in = ?delay, "Home Assistant is not reachable yet");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let jittered =
-            delay + Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 4));
-        tokio::select! {
-            _ = tokio::time::sleep(jittered) => {}
-            _ = &mut *shutdown => return Ok(None),
-        }
-        delay = (delay * 2).min(Duration::from_secs(60));
+    let connect = (|| Client::connect(opts.clone()))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(Duration::from_secs(60))
+                .with_jitter()
+                .without_max_times(),
+        )
+        .sleep(tokio::time::sleep)
+        .when(HaError::is_transient)
+        .notify(|e, retry_in| {
+            warn!(error = %e, retry_in = %humantime::format_duration(retry_in), "Home Assistant is not reachable yet");
+        });
+    // A connection attempt may be dropped at any point: nothing is half-done on either side.
+    tokio::select! {
+        connected = connect => Ok(Some(connected?)),
+        _ = &mut *shutdown => Ok(None),
     }
 }
 
@@ -196,8 +225,15 @@ pub async fn run(
     let tz = timezone(&cfg)?;
     let schedule = Schedule::parse(&cfg.schedule.cron, tz)
         .map_err(|e| ServiceError::Config(format!("[schedule] cron: {e}")))?;
+    // Retries of a failed cycle stop when the next run is due; the scheduler owns its own copy.
+    let next_runs = schedule.clone();
+    let retry = RetryPolicy {
+        min_delay: cfg.schedule.retry_min,
+        max_delay: cfg.schedule.retry_max,
+        seed: None,
+    };
     if let Some(dir) = cfg.schedule.state_file.parent() {
-        std::fs::create_dir_all(dir)
+        crate::private_fs::create_dir_all(dir)
             .map_err(|e| setup(format!("creating {}: {e}", dir.display())))?;
     }
     let state = StateFile::open(&cfg.schedule.state_file).map_err(setup)?;
@@ -232,7 +268,7 @@ pub async fn run(
     if let Some(a) = &audit {
         let _ = a
             .step(
-                "service.started",
+                Kind::ServiceStarted,
                 json!({"version": env!("CARGO_PKG_VERSION"), "config": cfg.path.display().to_string(),
                        "cron": cfg.schedule.cron, "timezone": cfg.schedule.timezone}),
             )
@@ -280,7 +316,7 @@ pub async fn run(
                     warn!(%scheduled_for, "a run came due while the previous cycle is still running; skipped");
                     metrics.cycle_skipped();
                     if let Some(a) = &audit {
-                        let _ = a.step("cycle.skipped", json!({"scheduled_for": scheduled_for.to_string()})).await;
+                        let _ = a.step(Kind::CycleSkipped, json!({"scheduled_for": scheduled_for.to_string()})).await;
                     }
                 }
                 Tick::Run { scheduled_for, reason, guard } => {
@@ -290,7 +326,17 @@ pub async fn run(
                         RunReason::CatchUp { missed } => format!("catching up a run missed at {missed}"),
                     };
                     info!(%scheduled_for, reason = %why, "starting a cycle");
-                    let job = CycleJob { ctx: ctx.clone(), metrics: metrics.clone(), state: state.clone(), notifier: notifier.clone(), clock: clock.clone(), notify_ha: cfg.notify.home_assistant };
+                    let job = CycleJob {
+                        ctx: ctx.clone(),
+                        metrics: metrics.clone(),
+                        state: state.clone(),
+                        notifier: notifier.clone(),
+                        clock: clock.clone(),
+                        notify_ha: cfg.notify.home_assistant,
+                        retry,
+                        next_due: next_runs.next_after(scheduled_for),
+                        stop: stop_tx.subscribe(),
+                    };
                     running = Some(tokio::spawn(async move {
                         let _running = guard;
                         job.run().await;
@@ -322,7 +368,7 @@ pub async fn run(
         }
     }
     if let Some(a) = &audit {
-        let _ = a.step("service.stopped", json!({})).await;
+        let _ = a.step(Kind::ServiceStopped, json!({})).await;
     }
     close_audit(&audit).await;
     Ok(())
@@ -343,10 +389,64 @@ struct CycleJob {
     notifier: Notifier,
     clock: Clock,
     notify_ha: bool,
+    retry: RetryPolicy,
+    /// When the next scheduled run is due: retries stop before it.
+    next_due: Option<Timestamp>,
+    /// Becomes true on shutdown: a wait for a retry ends at once (a running attempt is not cut).
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl CycleJob {
+    /// Runs the cycle; a transient failure is retried with backoff until the next scheduled run, a
+    /// permanent one is alerted at once. Only the final outcome is notified.
     async fn run(self) {
+        let mut stop = self.stop.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|v| *v).await;
+        };
+        let outcome = retry_until(
+            &self.retry,
+            &self.clock,
+            self.next_due,
+            stopped,
+            CycleError::is_transient,
+            || self.attempt(),
+            |pending, e| self.retrying(pending, e),
+        )
+        .await;
+        self.metrics.cycle_retry_cleared();
+        if let Err(e) = self.state.clear_retry() {
+            warn!(error = %e, "cannot clear the pending retry in the state file");
+        }
+        match outcome {
+            RetryOutcome::Succeeded {
+                value: (r, duration),
+                attempts,
+            } => {
+                if attempts > 1 {
+                    info!(attempts, "the cycle succeeded after retrying");
+                }
+                self.notify_success(&r, duration).await;
+            }
+            RetryOutcome::Permanent { error, .. } => {
+                tracing::error!(error = %error, "the cycle failed for a reason retrying cannot fix; not retried");
+                self.notify_failure(&error.to_string()).await;
+            }
+            RetryOutcome::Exhausted { error, attempts } => {
+                warn!(attempts, error = %error, "the cycle still fails; the next scheduled run tries again");
+                self.notify_failure(&format!(
+                    "{error} (tried {attempts} time(s); retries stopped because the next scheduled run is due)"
+                ))
+                .await;
+            }
+            RetryOutcome::Stopped { error, attempts } => {
+                info!(attempts, error = %error, "shutting down while waiting to retry the failed cycle");
+            }
+        }
+    }
+
+    /// One run of the cycle, counted in the metrics.
+    async fn attempt(&self) -> Result<(Report, Duration), CycleError> {
         let started = self.clock.now();
         self.metrics.cycle_started(started);
         let outcome = self.ctx.run_cycle().await;
@@ -365,19 +465,14 @@ impl CycleJob {
                     transfer_duration: r.pull.duration,
                     archive_bytes: Some(r.pull.size),
                 });
-                self.notify_success(&r, duration).await;
+                self.metrics.archive_verified(
+                    r.archive.manifest.verified == Some(crate::store::Level::Full),
+                    r.archive.manifest.protected,
+                );
+                Ok((r, duration))
             }
             Err(e) => {
-                // Committed but not tidied up: the verified copy exists, which is what health asks.
-                let committed = matches!(
-                    e.step(),
-                    Some(crate::cycle::Step::CleanUpHa | crate::cycle::Step::Retention)
-                );
-                let recorded = if committed {
-                    self.state.record_success(finished_at)
-                } else {
-                    self.state.record_failure(finished_at)
-                };
+                let recorded = self.state.record_failure(finished_at);
                 if let Err(e) = recorded {
                     warn!(error = %e, "cannot record the outcome in the state file; `hapull health` may report stale data");
                 }
@@ -389,8 +484,32 @@ impl CycleJob {
                     transfer_duration: Duration::ZERO,
                     archive_bytes: None,
                 });
-                self.notify_failure(&e.to_string()).await;
+                Err(e)
             }
+        }
+    }
+
+    fn retrying(&self, pending: &PendingRetry, error: &CycleError) {
+        warn!(
+            attempt = pending.attempt,
+            retry_in = %humantime::format_duration(Duration::from_secs(pending.delay.as_secs())),
+            at = %pending.at,
+            error = %error,
+            "the cycle failed for a transient reason; retrying"
+        );
+        self.metrics.cycle_retry_scheduled(pending.at);
+        if let Err(e) = self.state.record_retry(RetryAt {
+            attempt: pending.attempt,
+            at: pending.at,
+        }) {
+            warn!(error = %e, "cannot record the pending retry in the state file");
+        }
+        if let Some(a) = &self.ctx.audit {
+            a.event(
+                Kind::CycleRetry,
+                json!({"attempt": pending.attempt, "delay_s": pending.delay.as_secs_f64(),
+                       "at": pending.at.to_string(), "error": error.to_string()}),
+            );
         }
     }
 
@@ -466,7 +585,7 @@ async fn watch_connection(client: Client, metrics: Metrics, audit: Option<AuditL
             ConnectionState::Closed => json!({"state": "closed"}),
         };
         if let Some(a) = &audit {
-            a.event("ha.connection", text);
+            a.event(Kind::HaConnection, text);
         }
         if let ConnectionState::Failed { reason } = &current {
             tracing::error!(%reason, "the connection to Home Assistant failed for good; fix the cause and restart hapull");
@@ -491,14 +610,14 @@ async fn record_events(
                 if !passes(&e, &domains, &entities) {
                     continue;
                 }
-                audit.event("ha.event", e);
+                audit.event(Kind::HaEvent, e);
             }
             SubItem::Reconnected => {
-                audit.event("ha.events_gap", json!({"event_type": event_type, "why": "reconnected; events may have been missed"}));
+                audit.event(Kind::HaEventsGap, json!({"event_type": event_type, "why": "reconnected; events may have been missed"}));
             }
             SubItem::Lagged(n) => {
                 audit.event(
-                    "ha.events_gap",
+                    Kind::HaEventsGap,
                     json!({"event_type": event_type, "dropped": n}),
                 );
             }

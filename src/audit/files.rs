@@ -1,7 +1,7 @@
 //! The files of one log: rotated-file names, discovery, line reading (plain or gzip) and the seal.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
@@ -282,27 +282,16 @@ pub(crate) fn read_seal(path: &Path) -> Result<Option<Seal>, AuditError> {
     }
 }
 
-/// Replaces the seal atomically. The directory is not fsync'd: after a crash either the old or the new
-/// seal is visible, and an older seal is still true (it names a record that exists).
+/// Replaces the seal atomically (see [`crate::private_fs::write_atomic`]).
 pub(crate) fn write_seal(path: &Path, seal: &Seal) -> Result<(), AuditError> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
     let mut bytes = serde_json::to_vec(seal).unwrap_or_default();
     bytes.push(b'\n');
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_data()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| AuditError::io(path, "writing the seal", e))
+    crate::private_fs::write_atomic(path, &bytes)
+        .map_err(|e| AuditError::io(path, "writing the seal", e))
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), AuditError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| AuditError::io(dir, "syncing the directory", e))
+    crate::private_fs::sync_dir(dir).map_err(|e| AuditError::io(dir, "syncing the directory", e))
 }
 
 /// Compresses a rotated file to `<file>.gz` (temporary name, fsync, rename, fsync directory), then removes
@@ -315,7 +304,8 @@ pub(crate) fn compress_rotated(plain: &Path) -> Result<PathBuf, AuditError> {
     let tmp = plain.with_file_name(gz_name);
     let result = (|| {
         let mut input = File::open(plain)?;
-        let out = File::create(&tmp)?;
+        let _ = fs::remove_file(&tmp);
+        let out = crate::private_fs::create_new(&tmp)?;
         let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
         io::copy(&mut input, &mut enc)?;
         let out = enc.finish()?;

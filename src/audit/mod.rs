@@ -20,14 +20,17 @@
 //! Pieces:
 //! - [`AuditLog`]: the writer. One tokio task owns the file; cheap cloned handles feed it through a bounded
 //!   channel. [`AuditLog::step`] returns once its record is fsync'd; [`AuditLog::event`] never blocks and is
-//!   made durable within [`AuditOptions::batch_delay`]. When the queue is full, events are counted, not
-//!   waited for, and the count is written as an [`kind::DROPPED`] record (the producer is usually the Home
+//!   made durable within [`AuditOptions::batch_delay`]. When the queue is full (by count or by bytes),
+//!   events are counted, not waited for, and the count is written as a [`Kind::Dropped`] record (the producer is usually the Home
 //!   Assistant WebSocket reader, which must never stall behind the disk).
 //! - Rotation by size or age keeps the chain across files; rotated files are named
 //!   `audit.jsonl.<first record time>-<first seq>` (optionally `.gz`) and sort by that seq.
-//! - Crash recovery: a torn last line found at open is kept in place, reported, and followed by an
-//!   [`kind::RECOVERED`] record naming its offset, length and SHA-256; [`verify`] accepts such a fragment
-//!   only when that record follows it and reports it as a warning.
+//! - Recovery: a torn last line found at open is kept in place, reported, and followed by a
+//!   [`Kind::Recovered`] record naming its offset, length and SHA-256; records missing from the end (the
+//!   seal names a later one) or a last record that no longer matches the seal are recorded the same way,
+//!   and sequence numbers continue after the lost ones, never reusing them. A recovery is evidence:
+//!   [`verify`] reports each one (what, where, when found) in [`VerifyReport::recoveries`], and the log
+//!   counts as needing attention until a later [`Kind::Acknowledged`] record covers it.
 //! - [`verify`] / [`verify_path`]: check the chain across rotated files and name the first bad record.
 //! - [`tail`]: read and follow records, filtered by kind and time.
 //!
@@ -44,25 +47,139 @@ use std::path::PathBuf;
 
 pub use files::discover;
 pub use record::{GENESIS_PREV, Record};
-pub use verify::{Finding, Issue, VerifyOptions, VerifyReport, verify, verify_path};
+pub use verify::{
+    Finding, Issue, Recovery, RecoveryWhat, VerifyOptions, VerifyReport, verify, verify_path,
+};
 pub use writer::{AuditLog, AuditOptions, AuditStats, EventStatus, OpenReport, TornTail};
 
-/// Record kinds written by hapull. Callers may use others; these are the ones the program itself uses.
-pub mod kind {
-    pub const CYCLE_STARTED: &str = "cycle.started";
-    pub const BACKUP_CREATED: &str = "backup.created";
-    pub const BACKUP_COMPLETED: &str = "backup.completed";
-    pub const PULL_FINISHED: &str = "pull.finished";
-    pub const VERIFY_FAILED: &str = "verify.failed";
-    pub const HA_DELETED: &str = "ha.deleted";
-    pub const STORE_PRUNED: &str = "store.pruned";
-    pub const HA_EVENT: &str = "ha.event";
-    /// Written by the log itself after a torn last line or a seal that does not match the file.
-    pub const RECOVERED: &str = "audit.recovered";
+/// Every kind of record hapull writes: one list, so a kind cannot be misspelt at one call site or go
+/// undocumented. Readers (`verify`, `tail`) still accept any kind string: logs outlive versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A cycle began (`data.mode`: `api` or `service`).
+    CycleStarted,
+    /// Connected to Home Assistant for a cycle (version, backup API).
+    CycleConnected,
+    /// A cycle committed its archive.
+    CycleFinished,
+    /// A cycle failed (`data.step`, `data.error`).
+    CycleFailed,
+    /// A scheduled run came due while the previous cycle was still running.
+    CycleSkipped,
+    /// A cycle that failed for a transient reason will be tried again (`data.attempt`, `data.at`).
+    CycleRetry,
+    /// Home Assistant accepted the request for a backup.
+    BackupCreated,
+    /// Home Assistant said the backup is finished.
+    BackupCompleted,
+    /// Home Assistant said the backup failed.
+    BackupFailed,
+    /// The service recipe's shell command ran (and what it answered).
+    HaShellCommand,
+    /// The archive file of the backup was found on the HA host.
+    ArchiveLocated,
+    /// The archive was pulled (size, SHA-256).
+    PullFinished,
+    /// The archive was verified and committed to the store.
+    ArchiveCommitted,
+    /// A pulled archive failed verification and was not committed.
+    VerifyFailed,
+    /// A backup was deleted in Home Assistant (only ever after a verified copy exists).
+    HaDeleted,
+    /// An archive was removed from the store by retention.
+    StorePruned,
+    /// A Home Assistant bus event chosen in `[audit] record_events`.
+    HaEvent,
+    /// Events of a recorded type may have been missed (reconnect, lag).
+    HaEventsGap,
+    /// The connection to Home Assistant changed state.
+    HaConnection,
+    /// The daemon started (`data`: version, config file, schedule).
+    ServiceStarted,
+    /// The daemon stopped.
+    ServiceStopped,
+    /// Written by the log itself after a torn last line, records missing from the end, or a last record
+    /// that does not match the seal. Stays a finding of `audit verify` until acknowledged.
+    Recovered,
+    /// A person looked at the recoveries up to `data.through_seq` (`hapull audit ack`).
+    Acknowledged,
     /// First record of every file after a rotation.
-    pub const ROTATED: &str = "audit.rotated";
+    Rotated,
     /// How many events were not queued because the queue was full.
-    pub const DROPPED: &str = "audit.dropped";
+    Dropped,
+}
+
+impl Kind {
+    /// Every kind, in the order of the list above.
+    pub const ALL: &[Kind] = &[
+        Kind::CycleStarted,
+        Kind::CycleConnected,
+        Kind::CycleFinished,
+        Kind::CycleFailed,
+        Kind::CycleSkipped,
+        Kind::CycleRetry,
+        Kind::BackupCreated,
+        Kind::BackupCompleted,
+        Kind::BackupFailed,
+        Kind::HaShellCommand,
+        Kind::ArchiveLocated,
+        Kind::PullFinished,
+        Kind::ArchiveCommitted,
+        Kind::VerifyFailed,
+        Kind::HaDeleted,
+        Kind::StorePruned,
+        Kind::HaEvent,
+        Kind::HaEventsGap,
+        Kind::HaConnection,
+        Kind::ServiceStarted,
+        Kind::ServiceStopped,
+        Kind::Recovered,
+        Kind::Acknowledged,
+        Kind::Rotated,
+        Kind::Dropped,
+    ];
+
+    /// The name written in the record's `kind` field.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::CycleStarted => "cycle.started",
+            Kind::CycleConnected => "cycle.connected",
+            Kind::CycleFinished => "cycle.finished",
+            Kind::CycleFailed => "cycle.failed",
+            Kind::CycleSkipped => "cycle.skipped",
+            Kind::CycleRetry => "cycle.retry",
+            Kind::BackupCreated => "backup.created",
+            Kind::BackupCompleted => "backup.completed",
+            Kind::BackupFailed => "backup.failed",
+            Kind::HaShellCommand => "ha.shell_command",
+            Kind::ArchiveLocated => "archive.located",
+            Kind::PullFinished => "pull.finished",
+            Kind::ArchiveCommitted => "archive.committed",
+            Kind::VerifyFailed => "verify.failed",
+            Kind::HaDeleted => "ha.deleted",
+            Kind::StorePruned => "store.pruned",
+            Kind::HaEvent => "ha.event",
+            Kind::HaEventsGap => "ha.events_gap",
+            Kind::HaConnection => "ha.connection",
+            Kind::ServiceStarted => "service.started",
+            Kind::ServiceStopped => "service.stopped",
+            Kind::Recovered => "audit.recovered",
+            Kind::Acknowledged => "audit.acknowledged",
+            Kind::Rotated => "audit.rotated",
+            Kind::Dropped => "audit.dropped",
+        }
+    }
+
+    /// The kind with this name, if hapull writes it.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.iter().copied().find(|k| k.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Errors at the audit module's boundary.

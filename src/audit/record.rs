@@ -153,13 +153,24 @@ impl std::fmt::Display for ParseError {
 impl Record {
     /// For an `audit.recovered` record about a torn fragment: (offset, length, sha256 hex).
     pub(crate) fn torn_reference(&self) -> Option<(u64, u64, &str)> {
-        if self.kind != super::kind::RECOVERED {
+        if self.kind != super::Kind::Recovered.as_str() {
             return None;
         }
         let offset = self.data.get("torn_offset")?.as_u64()?;
         let length = self.data.get("torn_length")?.as_u64()?;
         let sha = self.data.get("torn_sha256")?.as_str()?;
         Some((offset, length, sha))
+    }
+
+    /// For an `audit.recovered` record after records lost from the end: the lost seq range
+    /// (first, last). The recovered record itself then has seq `last + 1`: seqs are never reused.
+    pub(crate) fn lost_range(&self) -> Option<(u64, u64)> {
+        if self.kind != super::Kind::Recovered.as_str() {
+            return None;
+        }
+        let first = self.data.get("lost_first_seq")?.as_u64()?;
+        let last = self.data.get("lost_last_seq")?.as_u64()?;
+        (first <= last).then_some((first, last))
     }
 }
 

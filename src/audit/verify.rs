@@ -7,9 +7,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::AuditError;
 use super::files::{self, RawLine, Seal};
 use super::record::{FIRST_SEQ, GENESIS_PREV, ParseError, Record, parse_line, sha256};
+use super::{AuditError, Kind};
 
 /// How strict [`verify`] is.
 #[derive(Debug, Clone, Default)]
@@ -34,12 +34,156 @@ pub struct VerifyReport {
     pub sealed_seq: Option<u64>,
     pub warnings: Vec<Finding>,
     pub problem: Option<Finding>,
+    /// Every recovery the log recorded (torn tail, records lost from the end, a changed last record),
+    /// oldest first, with the acknowledgement that covers it, if any.
+    pub recoveries: Vec<Recovery>,
 }
 
 impl VerifyReport {
+    /// The chain itself is unbroken (recoveries are recorded links of the chain, so they do not count
+    /// here; see [`VerifyReport::unacknowledged`]).
     pub fn is_intact(&self) -> bool {
         self.problem.is_none()
     }
+
+    /// Recoveries no person has acknowledged yet (`hapull audit ack`).
+    pub fn unacknowledged(&self) -> impl Iterator<Item = &Recovery> {
+        self.recoveries
+            .iter()
+            .filter(|r| r.acknowledged_by.is_none())
+    }
+
+    /// Intact, and every recovery acknowledged: the state in which `audit verify` exits 0.
+    pub fn is_clean(&self) -> bool {
+        self.is_intact() && self.unacknowledged().next().is_none()
+    }
+}
+
+/// One recovery the writer recorded when it opened the log, as read back from its `audit.recovered`
+/// record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovery {
+    /// The `audit.recovered` record.
+    pub seq: u64,
+    /// When it was found (the record's time).
+    pub found: jiff::Timestamp,
+    pub file: PathBuf,
+    pub line: u64,
+    pub what: RecoveryWhat,
+    /// The seq of the `audit.acknowledged` record that covers it.
+    pub acknowledged_by: Option<u64>,
+}
+
+/// What a recovery was about. Offsets are bytes into the file named in [`Recovery::file`] (the file
+/// current when the recovery was made).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecoveryWhat {
+    /// Bytes at the end that were not a complete record (a write cut short, or a line cut off).
+    Torn { offset: u64, length: u64 },
+    /// Records the seal vouched for were missing from the end; their seqs are skipped, not reused.
+    Lost {
+        first_seq: u64,
+        last_seq: u64,
+        offset: Option<u64>,
+    },
+    /// The last record no longer matched the seal: it was changed after it was written.
+    Changed { seq: u64, offset: Option<u64> },
+    /// Anything else the writer recorded (e.g. an unreadable seal).
+    Other { reason: String },
+}
+
+impl fmt::Display for Recovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "recovery recorded at seq {} ({} line {}, found {}): ",
+            self.seq,
+            self.file.display(),
+            self.line,
+            self.found.strftime("%Y-%m-%dT%H:%M:%SZ")
+        )?;
+        match &self.what {
+            RecoveryWhat::Torn { offset, length } => write!(
+                f,
+                "{length} bytes at byte offset {offset} were not a complete record (kept in place)"
+            )?,
+            RecoveryWhat::Lost {
+                first_seq,
+                last_seq,
+                offset,
+            } => {
+                if first_seq == last_seq {
+                    write!(f, "record seq {first_seq} was lost from the end")?;
+                } else {
+                    write!(
+                        f,
+                        "records seq {first_seq}..={last_seq} were lost from the end"
+                    )?;
+                }
+                if let Some(o) = offset {
+                    write!(f, " at byte offset {o}")?;
+                }
+                write!(f, " (the seal named seq {last_seq})")?;
+            }
+            RecoveryWhat::Changed { seq, offset } => {
+                write!(f, "record seq {seq}")?;
+                if let Some(o) = offset {
+                    write!(f, " at byte offset {o}")?;
+                }
+                write!(
+                    f,
+                    " did not match the seal: it was changed after it was written"
+                )?;
+            }
+            RecoveryWhat::Other { reason } => write!(f, "{reason}")?,
+        }
+        match self.acknowledged_by {
+            Some(ack) => write!(f, "; acknowledged at seq {ack}"),
+            None => write!(f, "; NOT acknowledged"),
+        }
+    }
+}
+
+/// The recoveries one `audit.recovered` record describes (a torn tail and records lost before it can
+/// come in one record).
+fn recoveries_of(rec: &Record, file: &Path, line: u64) -> Vec<Recovery> {
+    let mk = |what| Recovery {
+        seq: rec.seq,
+        found: rec.time,
+        file: file.to_path_buf(),
+        line,
+        what,
+        acknowledged_by: None,
+    };
+    let num = |k: &str| rec.data.get(k).and_then(serde_json::Value::as_u64);
+    let mut out = Vec::new();
+    if let Some((offset, length, _)) = rec.torn_reference() {
+        out.push(mk(RecoveryWhat::Torn { offset, length }));
+    }
+    if let Some((first_seq, last_seq)) = rec.lost_range() {
+        out.push(mk(RecoveryWhat::Lost {
+            first_seq,
+            last_seq,
+            offset: num("lost_at_offset"),
+        }));
+    } else if let Some(seq) = num("changed_seq") {
+        out.push(mk(RecoveryWhat::Changed {
+            seq,
+            offset: num("changed_offset"),
+        }));
+    }
+    if out.is_empty() {
+        let reason = rec
+            .data
+            .get("reason")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("unspecified");
+        let sealed = num("sealed_seq").map_or(String::new(), |s| format!(" (seal seq {s})"));
+        out.push(mk(RecoveryWhat::Other {
+            reason: format!("{reason}{sealed}"),
+        }));
+    }
+    out
 }
 
 /// A place in the log and what is wrong (or noteworthy) there. Line numbers start at 1.
@@ -324,6 +468,7 @@ pub fn verify(files: &[PathBuf], opts: &VerifyOptions) -> Result<VerifyReport, A
                     });
                     return Ok(report);
                 }
+                note_recovery_or_ack(rec, file, x.raw.line_no, &mut report);
             }
             cur = next;
         }
@@ -349,6 +494,25 @@ pub fn verify(files: &[PathBuf], opts: &VerifyOptions) -> Result<VerifyReport, A
         });
     }
     Ok(report)
+}
+
+/// Collects `audit.recovered` records and applies `audit.acknowledged` ones (each covers every recovery
+/// up to its `through_seq`).
+fn note_recovery_or_ack(rec: &Record, file: &Path, line: u64, report: &mut VerifyReport) {
+    if rec.kind == Kind::Recovered.as_str() {
+        report.recoveries.extend(recoveries_of(rec, file, line));
+    } else if rec.kind == Kind::Acknowledged.as_str()
+        && let Some(through) = rec
+            .data
+            .get("through_seq")
+            .and_then(serde_json::Value::as_u64)
+    {
+        for r in &mut report.recoveries {
+            if r.seq <= through && r.acknowledged_by.is_none() {
+                r.acknowledged_by = Some(rec.seq);
+            }
+        }
+    }
 }
 
 fn finding(file: &Path, line: &Line, issue: Issue) -> Finding {
@@ -394,7 +558,11 @@ impl Chain {
                 }
             }
             Some((seq, prev)) => {
-                if rec.seq != *seq {
+                // A recovery record skips the seqs of records lost from the end, and says so.
+                let declared_gap = rec
+                    .lost_range()
+                    .is_some_and(|(first, last)| first == *seq && rec.seq == last + 1);
+                if rec.seq != *seq && !declared_gap {
                     return Err(Issue::SeqGap {
                         expected: *seq,
                         found: rec.seq,

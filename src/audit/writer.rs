@@ -4,7 +4,7 @@
 //! runtime's worker threads; while one batch is being written the next one queues up, so concurrent
 //! `step()` calls share an fsync (group commit).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +22,7 @@ use super::files::{self, RawLine, Seal};
 use super::record::{
     FIRST_SEQ, GENESIS_PREV, encode_data, encode_into, format_time, parse_line, sha256,
 };
-use super::{AuditError, kind};
+use super::{AuditError, Kind};
 
 /// Messages in one batch at most, so a flood still reaches the disk in bounded chunks.
 const MAX_BATCH: usize = 8192;
@@ -47,10 +47,14 @@ pub struct AuditOptions {
     pub batch_delay: Duration,
     /// Records that may wait in the queue; `event()` counts a drop when it is full.
     pub queue_capacity: usize,
+    /// Bytes of event data that may wait in the queue; `event()` counts a drop beyond it, so a flood
+    /// of large events cannot take the memory a count alone would allow (65,536 x 16 MiB).
+    pub queue_bytes: u64,
 }
 
 impl AuditOptions {
-    /// Defaults: no rotation, no compression, 1 s batch delay, room for 65,536 queued records.
+    /// Defaults: no rotation, no compression, 1 s batch delay, room for 65,536 queued records or 64 MiB
+    /// of queued event data, whichever is reached first.
     pub fn new(path: impl Into<PathBuf>, instance: impl Into<String>) -> Self {
         AuditOptions {
             path: path.into(),
@@ -60,6 +64,7 @@ impl AuditOptions {
             compress_rotated: false,
             batch_delay: Duration::from_secs(1),
             queue_capacity: 65_536,
+            queue_bytes: 64 * 1024 * 1024,
         }
     }
 
@@ -76,6 +81,11 @@ impl AuditOptions {
         if self.queue_capacity == 0 {
             return Err(bad(
                 "queue capacity is 0; use at least 1 (default 65536)".into()
+            ));
+        }
+        if self.queue_bytes == 0 {
+            return Err(bad(
+                "queue_bytes is 0; use at least 1 (default 64 MiB)".into()
             ));
         }
         if self.max_bytes == Some(0) {
@@ -152,6 +162,9 @@ struct Shared {
     path: PathBuf,
     report: OpenReport,
     queued: AtomicU64,
+    /// Bytes of event data in the queue right now (bounded by `queue_bytes`).
+    queued_bytes: AtomicU64,
+    queue_bytes: u64,
     durable_events: AtomicU64,
     dropped_pending: AtomicU64,
     dropped_total: AtomicU64,
@@ -165,12 +178,12 @@ type Reply = oneshot::Sender<Result<u64, AuditError>>;
 enum Msg {
     Event {
         time: Timestamp,
-        kind: String,
+        kind: Kind,
         data: Vec<u8>,
     },
     Step {
         time: Timestamp,
-        kind: String,
+        kind: Kind,
         data: Vec<u8>,
         done: Reply,
     },
@@ -214,6 +227,8 @@ impl AuditLog {
             path: opts.path.clone(),
             report,
             queued: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
+            queue_bytes: opts.queue_bytes,
             durable_events: AtomicU64::new(0),
             dropped_pending: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
@@ -244,11 +259,11 @@ impl AuditLog {
     }
 
     /// Appends a record and returns its seq once it is written and fsync'd.
-    pub async fn step(&self, kind: &str, data: Value) -> Result<u64, AuditError> {
+    pub async fn step(&self, kind: Kind, data: Value) -> Result<u64, AuditError> {
         let (done, rx) = oneshot::channel();
         let msg = Msg::Step {
             time: Timestamp::now(),
-            kind: kind.to_owned(),
+            kind,
             data: encode_data(&data),
             done,
         };
@@ -257,15 +272,32 @@ impl AuditLog {
     }
 
     /// Queues a record without waiting. It becomes durable within the batch delay (or at `close()`).
-    /// Never blocks: when the queue is full the event is counted and an `audit.dropped` record says how many.
+    /// Never blocks: when the queue is full (by count or by bytes) the event is counted and an
+    /// `audit.dropped` record says how many.
     /// `data` is serialized here, on the caller's side, so the queue holds compact bytes, not JSON trees.
     /// If the writer has failed (disk full, fsync error), queued events are counted in
     /// [`AuditStats::events_lost`] and the next `step()` returns the error.
-    pub fn event(&self, kind: impl Into<String>, data: Value) -> EventStatus {
+    pub fn event(&self, kind: Kind, data: Value) -> EventStatus {
+        let data = encode_data(&data);
+        let size = data.len() as u64;
+        let budget = &self.shared.queued_bytes;
+        let admitted = budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q.saturating_add(size) <= self.shared.queue_bytes).then_some(q + size)
+            })
+            .is_ok();
+        let drop_it = || {
+            self.shared.dropped_pending.fetch_add(1, Ordering::Relaxed);
+            self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
+            EventStatus::Dropped
+        };
+        if !admitted {
+            return drop_it();
+        }
         let msg = Msg::Event {
             time: Timestamp::now(),
-            kind: kind.into(),
-            data: encode_data(&data),
+            kind,
+            data,
         };
         match self.tx.try_send(msg) {
             Ok(()) => {
@@ -273,11 +305,13 @@ impl AuditLog {
                 EventStatus::Queued
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.dropped_pending.fetch_add(1, Ordering::Relaxed);
-                self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
-                EventStatus::Dropped
+                budget.fetch_sub(size, Ordering::AcqRel);
+                drop_it()
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => EventStatus::Closed,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                budget.fetch_sub(size, Ordering::AcqRel);
+                EventStatus::Closed
+            }
         }
     }
 
@@ -381,6 +415,15 @@ async fn run_writer(
                 batch.push(m);
             }
         }
+        // The batch has left the queue: its events no longer count against the byte budget.
+        let taken: u64 = batch
+            .iter()
+            .map(|m| match m {
+                Msg::Event { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        shared.queued_bytes.fetch_sub(taken, Ordering::AcqRel);
         let dropped = shared.dropped_pending.swap(0, Ordering::Relaxed);
         let finish = !running;
         let joined = tokio::task::spawn_blocking(move || {
@@ -447,15 +490,12 @@ impl Core {
     fn open(opts: AuditOptions) -> Result<(Core, OpenReport), AuditError> {
         let path = opts.path.clone();
         let dir = files::parent_dir(&path);
-        fs::create_dir_all(&dir).map_err(|e| AuditError::io(&dir, "creating the directory", e))?;
+        crate::private_fs::create_dir_all(&dir)
+            .map_err(|e| AuditError::io(&dir, "creating the directory", e))?;
         if opts.compress_rotated {
             files::finish_compressions(&path)?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
+        let mut file = crate::private_fs::open_append(&path)
             .map_err(|e| AuditError::io(&path, "opening for append", e))?;
         files::sync_dir(&dir)?;
         let len = file
@@ -466,6 +506,7 @@ impl Core {
         let mut report = OpenReport::default();
         let mut torn: Option<(u64, Vec<u8>, bool, String)> = None; // offset, bytes, ended in newline, reason
         let mut last_good: Option<(u64, String)> = None; // seq, line hash
+        let mut last_good_offset: Option<u64> = None; // where that line starts, in the current file
         if len > 0 {
             let lines = files::last_lines(&mut file, &path, len, MAX_TORN_LINES + 1)?;
             let good_idx = lines
@@ -503,6 +544,7 @@ impl Core {
                 let line = &lines[i];
                 if let Ok(rec) = parse_line(&line.bytes) {
                     last_good = Some((rec.seq, hex::encode(sha256(&line.bytes))));
+                    last_good_offset = Some(line.offset);
                 }
             }
         }
@@ -538,33 +580,40 @@ impl Core {
         }
 
         let seal_path = files::seal_path(&path);
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Where records lost from the end would have started: before any torn bytes.
+        let good_end = torn.as_ref().map_or(len, |(offset, ..)| *offset);
+        let mut lost: Option<(u64, u64, String)> = None; // first, last lost seq; the seal's hash
         let mut seal_notes: Vec<(String, Value)> = Vec::new();
         match files::read_seal(&seal_path) {
             Ok(Some(seal)) => {
                 if seal.seq > last_seq {
-                    seal_notes.push((
-                        format!(
-                            "the log ends at seq {last_seq} but its seal names seq {}: records were lost or removed from the end",
-                            seal.seq
-                        ),
-                        json!({"reason": "log ends before its sealed record", "sealed_seq": seal.seq,
-                               "sealed_sha256": seal.sha256, "last_seq": last_seq}),
-                    ));
+                    lost = Some((last_seq + 1, seal.seq, seal.sha256.clone()));
                 } else if seal.seq == last_seq && seal.sha256 != prev {
                     seal_notes.push((
                         format!("the last record (seq {last_seq}) does not match its seal: it was changed after it was written"),
-                        json!({"reason": "last record does not match its seal", "sealed_seq": seal.seq,
-                               "sealed_sha256": seal.sha256, "found_sha256": prev}),
+                        json!({"reason": "last record does not match its seal", "file": file_name,
+                               "changed_seq": last_seq, "changed_offset": last_good_offset,
+                               "sealed_seq": seal.seq, "sealed_sha256": seal.sha256, "found_sha256": prev}),
                     ));
                 }
             }
             Ok(None) => {}
             Err(e) => seal_notes.push((
                 format!("{e}"),
-                json!({"reason": "seal unreadable", "error": e.to_string()}),
+                json!({"reason": "seal unreadable", "file": file_name, "error": e.to_string()}),
             )),
         }
 
+        // Records lost from the end keep their seqs: the next record continues after them, so a seq
+        // quoted elsewhere never names two different records.
+        let next_seq = lost.as_ref().map_or(last_seq + 1, |(_, last, _)| last + 1);
+        if started.is_none() {
+            first_seq = next_seq;
+        }
         let mut core = Core {
             seal_path,
             instance: opts.instance,
@@ -575,7 +624,7 @@ impl Core {
             size: len,
             started,
             first_seq,
-            next_seq: last_seq + 1,
+            next_seq,
             prev,
             pending: Vec::new(),
             durable_seq: last_seq,
@@ -586,6 +635,15 @@ impl Core {
         };
 
         let now = Timestamp::now();
+        let lost_note = lost.as_ref().map(|(first, last, sealed_sha)| {
+            let msg = format!(
+                "the log ends at seq {last_seq} (byte {good_end}) but its seal names seq {last}: records {first}..={last} were lost or removed from the end"
+            );
+            let data = json!({"lost_first_seq": first, "lost_last_seq": last, "lost_at_offset": good_end,
+                              "last_seq": last_seq, "sealed_seq": last, "sealed_sha256": sealed_sha});
+            (msg, data)
+        });
+        let mut lost_pending = lost_note;
         if let Some((offset, bytes, end_newline, reason)) = torn {
             let sha = hex::encode(sha256(&bytes));
             let msg = format!(
@@ -603,33 +661,35 @@ impl Core {
             if !end_newline {
                 core.pending.push(b'\n');
             }
-            let file_name = core.file_name();
-            core.append(
-                now,
-                kind::RECOVERED,
-                &encode_data(
-                    &json!({"reason": "torn tail", "detail": reason, "file": file_name,
-                        "torn_offset": offset, "torn_length": bytes.len(), "torn_sha256": sha}),
-                ),
-            )?;
+            let mut data = json!({"reason": "torn tail", "detail": reason, "file": file_name,
+                "torn_offset": offset, "torn_length": bytes.len(), "torn_sha256": sha});
+            // The first recovered record is the one that skips the lost seqs, so it says so.
+            if let Some((msg, lost_data)) = lost_pending.take() {
+                tracing::warn!(path = %core.path.display(), "audit log: {msg}");
+                report.warnings.push(msg);
+                if let (Some(obj), Value::Object(extra)) = (data.as_object_mut(), lost_data) {
+                    obj.extend(extra);
+                }
+            }
+            core.append(now, Kind::Recovered, &encode_data(&data))?;
+        }
+        if let Some((msg, mut data)) = lost_pending {
+            if let Some(obj) = data.as_object_mut() {
+                obj.insert("reason".into(), json!("records missing from the end"));
+                obj.insert("file".into(), json!(file_name));
+            }
+            seal_notes.insert(0, (msg, data));
         }
         for (msg, data) in seal_notes {
             tracing::warn!(path = %core.path.display(), "audit log: {msg}");
             report.warnings.push(msg);
-            core.append(now, kind::RECOVERED, &encode_data(&data))?;
+            core.append(now, Kind::Recovered, &encode_data(&data))?;
         }
         if !core.pending.is_empty() {
             core.sync()?;
         }
         report.next_seq = core.next_seq;
         Ok((core, report))
-    }
-
-    fn file_name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
     }
 
     fn fail(&mut self, e: &AuditError) -> AuditError {
@@ -652,7 +712,7 @@ impl Core {
         }
     }
 
-    fn append(&mut self, time: Timestamp, kind: &str, data: &[u8]) -> Result<u64, AuditError> {
+    fn append(&mut self, time: Timestamp, kind: Kind, data: &[u8]) -> Result<u64, AuditError> {
         self.check_failed()?;
         if self.rotation_due(time) {
             self.sync()?;
@@ -665,7 +725,7 @@ impl Core {
             &mut self.pending,
             seq,
             &format_time(time),
-            kind,
+            kind.as_str(),
             &self.instance,
             data,
             &self.prev,
@@ -737,11 +797,12 @@ impl Core {
         fs::rename(&self.path, &rotated)
             .map_err(|e| AuditError::io(&self.path, "renaming for rotation", e))?;
         let dir = files::parent_dir(&self.path);
-        self.file = OpenOptions::new()
+        self.file = crate::private_fs::options()
             .read(true)
             .append(true)
             .create_new(true)
             .open(&self.path)
+            .and_then(|f| crate::private_fs::make_private(&f).map(|()| f))
             .map_err(|e| AuditError::io(&self.path, "creating after rotation", e))?;
         files::sync_dir(&dir)?;
         let previous_first = self.first_seq;
@@ -756,7 +817,7 @@ impl Core {
         tracing::info!(path = %self.path.display(), rotated = %rotated_file, "audit log rotated");
         self.append(
             now,
-            kind::ROTATED,
+            Kind::Rotated,
             &encode_data(
                 &json!({"previous_file": rotated_file, "previous_first_seq": previous_first,
                     "previous_last_seq": previous_last, "compressed": self.compress}),
@@ -790,7 +851,7 @@ impl Core {
         let mut lost = 0u64;
         for msg in batch {
             match msg {
-                Msg::Event { time, kind, data } => match self.append(time, &kind, &data) {
+                Msg::Event { time, kind, data } => match self.append(time, kind, &data) {
                     Ok(_) => events += 1,
                     Err(_) => lost += 1,
                 },
@@ -800,7 +861,7 @@ impl Core {
                     data,
                     done,
                 } => {
-                    let r = self.append(time, &kind, &data);
+                    let r = self.append(time, kind, &data);
                     steps.push((done, r));
                 }
                 Msg::Flush { done } | Msg::Close { done } => replies.push(done),
@@ -808,7 +869,7 @@ impl Core {
         }
         if dropped > 0 {
             let data = json!({"count": dropped, "reason": "queue full"});
-            if let Err(e) = self.append(Timestamp::now(), kind::DROPPED, &encode_data(&data)) {
+            if let Err(e) = self.append(Timestamp::now(), Kind::Dropped, &encode_data(&data)) {
                 tracing::error!(path = %self.path.display(), dropped, "audit log: could not record dropped events: {e}");
             }
         }

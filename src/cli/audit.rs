@@ -1,7 +1,8 @@
-//! `hapull audit verify` and `hapull audit tail`: check and read the audit log.
+//! `hapull audit verify` and `hapull audit tail`: check and read the audit log; `hapull audit ack`:
+//! record that a person has looked at the recoveries `verify` reports.
 //!
-//! These commands only read the log; they never write to it (recovering a torn tail is the writer's job,
-//! done when hapull next opens the log).
+//! `verify` and `tail` only read the log; they never write to it (recovering a torn tail is the
+//! writer's job, done when hapull next opens the log). `ack` writes one record, as the store's writer.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -21,9 +22,13 @@ const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of the audit log. Exits 0 when it is intact, 1 (printing the first bad
-    /// record) when it is not.
+    /// Check the hash chain of the audit log. Exits 0 when it is intact and every recovery (torn tail,
+    /// records lost from the end, a changed last record) has been acknowledged; 1 otherwise, printing
+    /// the first bad record or the recoveries still to acknowledge.
     Verify(VerifyArgs),
+    /// Acknowledge the recoveries `audit verify` reports, after looking into them: writes an
+    /// `audit.acknowledged` record covering them (it stays in the chain), so `verify` exits 0 again.
+    Ack(AckArgs),
     /// Show audit records, optionally filtered by kind and time; -f keeps following new ones.
     Tail(TailArgs),
 }
@@ -40,6 +45,16 @@ pub struct VerifyArgs {
     /// Accept a chain that starts after the first record (older rotated files were removed on purpose).
     #[arg(long)]
     pub allow_partial: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AckArgs {
+    /// The current audit file. Defaults to [audit] path from the configuration.
+    #[arg(long, value_name = "FILE")]
+    pub path: Option<PathBuf>,
+    /// What was found and done, kept in the acknowledgement record.
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -80,7 +95,81 @@ pub async fn run_with_output(
     match cmd {
         AuditCommand::Verify(args) => run_verify(args, default_path, out).await,
         AuditCommand::Tail(args) => run_tail(args, default_path, out).await,
+        AuditCommand::Ack(args) => {
+            // Without a configuration (no store lock to take): only for a log no process writes.
+            let path = choose_path(args.path, default_path)?;
+            acknowledge(&path, "", args.note, out).await
+        }
     }
+}
+
+/// `hapull audit ack` with a configuration: as the store's writer (taking its lock), with the
+/// configured instance name.
+pub async fn run_ack(global: &super::Global, args: AckArgs) -> anyhow::Result<ExitCode> {
+    let cfg = super::load_config(global)?;
+    let Some(acfg) = cfg.audit.as_ref() else {
+        bail!(
+            "{} has no [audit] section, so there is no audit log to acknowledge",
+            cfg.path.display()
+        );
+    };
+    let path = args.path.unwrap_or_else(|| acfg.path.clone());
+    let _lock = super::lock_store(global, &cfg, "audit ack").await?;
+    let mut out = std::io::stdout();
+    acknowledge(&path, &acfg.instance, args.note, &mut out).await
+}
+
+/// Writes an `audit.acknowledged` record covering every recovery `verify` reports for the log at
+/// `path`. The caller holds the store's lock (this writes the log). Refuses on a broken chain: an
+/// acknowledgement covers recorded recoveries, not damage nobody recorded.
+pub async fn acknowledge(
+    path: &Path,
+    instance: &str,
+    note: Option<String>,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<ExitCode> {
+    let report = {
+        let owned = path.to_path_buf();
+        tokio::task::spawn_blocking(move || audit::verify_path(&owned, false))
+            .await?
+            .with_context(|| format!("verifying the audit log {}", path.display()))?
+    };
+    if let Some(p) = &report.problem {
+        print_report(&report, out)?;
+        bail!(
+            "not acknowledging: the chain is broken at {p}, which no recovery record accounts for. \
+             Keep the files as evidence and start a new log (move them aside) once you know what happened"
+        );
+    }
+    let pending: Vec<&audit::Recovery> = report.unacknowledged().collect();
+    let Some(through) = pending.iter().map(|r| r.seq).max() else {
+        writeln!(out, "nothing to acknowledge: no recovery is waiting")?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    for r in &pending {
+        writeln!(out, "acknowledging {r}")?;
+    }
+    let mut seqs: Vec<u64> = pending.iter().map(|r| r.seq).collect();
+    seqs.dedup();
+    let by = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_default();
+    let log = audit::AuditLog::open(audit::AuditOptions::new(path, instance))
+        .await
+        .with_context(|| format!("opening the audit log {}", path.display()))?;
+    let written = log
+        .step(
+            audit::Kind::Acknowledged,
+            serde_json::json!({"through_seq": through, "recoveries": seqs, "by": by, "note": note}),
+        )
+        .await;
+    log.close().await?;
+    let seq = written?;
+    writeln!(
+        out,
+        "recorded audit.acknowledged at seq {seq}, covering recoveries up to seq {through}"
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn choose_path(explicit: Option<PathBuf>, default_path: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -121,7 +210,7 @@ async fn run_verify(
             .context("verifying the audit files")?
     };
     print_report(&report, out)?;
-    Ok(if report.is_intact() {
+    Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -131,6 +220,9 @@ async fn run_verify(
 fn print_report(report: &VerifyReport, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     for w in &report.warnings {
         writeln!(out, "warning: {w}")?;
+    }
+    for r in &report.recoveries {
+        writeln!(out, "{r}")?;
     }
     match &report.problem {
         Some(p) => {
@@ -156,6 +248,14 @@ fn print_report(report: &VerifyReport, out: &mut (dyn Write + Send)) -> anyhow::
             )?;
             if let Some(h) = &report.last_sha256 {
                 writeln!(out, "newest record sha256 {h}")?;
+            }
+            let open = report.unacknowledged().count();
+            if open > 0 {
+                writeln!(
+                    out,
+                    "NEEDS ATTENTION: {open} recovery finding(s) not acknowledged: the log was damaged or cut \
+                     and hapull recovered it. Look into it, then record that with `hapull audit ack --note \"...\"`"
+                )?;
             }
         }
     }

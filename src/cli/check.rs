@@ -62,6 +62,7 @@ pub async fn run(global: &Global, _args: CheckArgs) -> anyhow::Result<ExitCode> 
     check_home_assistant(&cfg, &mut report).await;
     check_ssh(&cfg, &mut report).await;
     check_store(&cfg, &mut report);
+    check_verification(&cfg, &mut report);
     if report.failed() {
         println!("not ready: fix the FAIL lines above");
         Ok(ExitCode::from(EXIT_FAILED))
@@ -281,6 +282,35 @@ async fn check_ssh(cfg: &Config, report: &mut Report) {
     session.close().await;
 }
 
+/// What a commit will prove about each archive, and whether protected backups can be read.
+fn check_verification(cfg: &Config, report: &mut Report) {
+    use crate::config::VerifyLevel;
+    let Some(store) = &cfg.store else {
+        return;
+    };
+    match (store.verify, cfg.backup.password.is_some()) {
+        (VerifyLevel::Structure, _) => report.add(
+            Level::Warn,
+            "verify",
+            "verify = \"structure\": inner archives are not read, archives are committed at \
+             structure level only; set verify = \"full\" to check every byte",
+        ),
+        (VerifyLevel::Full, true) => report.add(
+            Level::Ok,
+            "verify",
+            "full: every inner archive is read to its end; protected backups are decrypted with \
+             the configured password",
+        ),
+        (VerifyLevel::Full, false) => report.add(
+            Level::Warn,
+            "verify",
+            "no backup password configured: unprotected backups are verified in full, \
+             password-protected ones (Home Assistant encrypts automatic backups by default) only \
+             at structure level; set password_file in [backup] to verify them fully",
+        ),
+    }
+}
+
 /// The store folder exists (or can be made) and is writable.
 fn check_store(cfg: &Config, report: &mut Report) {
     let Some(store) = &cfg.store else {
@@ -291,26 +321,31 @@ fn check_store(cfg: &Config, report: &mut Report) {
         );
         return;
     };
-    match crate::service::open_store(cfg) {
-        Ok(s) => {
-            let probe = s.root().join(".hapull-check");
-            match std::fs::write(&probe, b"") {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&probe);
-                    report.add(
-                        Level::Ok,
-                        "store",
-                        format!("{} is writable", store.dir.display()),
-                    );
-                }
-                Err(e) => report.add(
-                    Level::Fail,
-                    "store",
-                    format!("cannot write in {}: {e}", store.dir.display()),
-                ),
-            }
-        }
-        Err(e) => report.add(Level::Fail, "store", e.to_string()),
+    // Only a probe: a daemon may be writing this store, and repairing it belongs to its writer.
+    let probe = store.dir.join(".hapull-check");
+    let writable = crate::private_fs::create_dir_all(&store.dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe));
+    match writable {
+        Ok(()) => report.add(
+            Level::Ok,
+            "store",
+            format!("{} is writable", store.dir.display()),
+        ),
+        Err(e) => report.add(
+            Level::Fail,
+            "store",
+            format!("cannot write in {}: {e}", store.dir.display()),
+        ),
+    }
+    match crate::store::lock::StoreLock::holder(&store.dir) {
+        Ok(Some(h)) => report.add(
+            Level::Ok,
+            "store lock",
+            format!("held by {h}: `once`, `pull` and `prune` wait for it or are refused (exit 75)"),
+        ),
+        Ok(None) => {}
+        Err(e) => report.add(Level::Warn, "store lock", e.to_string()),
     }
 }
 

@@ -9,7 +9,6 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -195,7 +194,8 @@ pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
         .to_openssh()
         .context("encoding the public key")?;
 
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::private_fs::create_dir_all(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     write_file(&dir.join(KEY_NAME), private.as_bytes(), 0o600)?;
     write_file(&dir.join(PUB_NAME), format!("{public}\n").as_bytes(), 0o644)?;
     write_file(&dir.join(KNOWN_HOSTS_NAME), b"", 0o644)?;
@@ -337,32 +337,11 @@ fn render_config(dir: &Path, data_dir: &Path, v: &Values<'_>) -> anyhow::Result<
 }
 
 /// Writes `contents` under a temporary name, fsyncs it and renames it over `path`, so a crash leaves
-/// either the old file or the complete new one, never a torn key.
+/// either the old file or the complete new one, never a torn key. The mode is set at creation, so the
+/// private key is never readable by others, not even briefly.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| anyhow::anyhow!("{} has no file name", path.display()))?;
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    let result = (|| -> io::Result<()> {
-        // The mode is set at creation, so the private key is never readable by others, not even briefly.
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The process umask may have removed bits the file needs (0644 for the config).
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
-    }
-    Ok(())
+    crate::private_fs::write_atomic_mode(path, contents, mode)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ pub mod audit;
 mod check;
 mod completions;
 mod events;
+mod extract;
 mod init;
 mod once;
 mod run;
@@ -26,6 +27,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Bad usage or configuration: nothing was attempted.
 pub const EXIT_USAGE: u8 = 2;
+/// Another hapull process is writing the store: nothing was attempted, try again later (`EX_TEMPFAIL`).
+pub const EXIT_TEMPFAIL: u8 = 75;
 
 #[derive(Debug, Parser)]
 #[command(name = "hapull", version, about = "Pull verified Home Assistant backups to this machine", long_about = None)]
@@ -50,6 +53,10 @@ pub struct Global {
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// When another hapull process is writing the store, wait for it to finish instead of exiting with
+    /// status 75. Never waits for a running daemon (`hapull run`), which holds the store while it runs.
+    #[arg(long, global = true)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,8 +86,11 @@ pub enum Command {
     Pull(once::PullArgs),
     /// List the archives in the local store (or, with --remote, Home Assistant's backups).
     List(store_cmds::ListArgs),
-    /// Re-hash local archives against their manifests.
+    /// Check local archives in one read each: SHA-256 against the manifest, structure, and every
+    /// inner archive decrypted (protected backups) and decompressed to its end.
     Verify(store_cmds::VerifyArgs),
+    /// Unpack a Home Assistant backup (protected or not) into a folder, without Home Assistant.
+    Extract(extract::ExtractArgs),
     /// Apply the local retention rules, showing what goes and why.
     Prune(store_cmds::PruneArgs),
     /// Show the SSH server's host key fingerprint, to compare and pin it.
@@ -114,29 +124,34 @@ pub struct DemoArgs {
 /// Sets up tracing on standard error.
 pub fn init_tracing(global: &Global) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::prelude::*;
     let default = match (global.quiet, global.verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
         (false, 1) => "hapull=debug,info",
         (false, _) => "hapull=trace,debug",
     };
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // The WebSocket library logs every frame at trace level, and frames carry the access token (the
-    // `auth` message) and the backup password (`backup/generate`): capped at debug whatever RUST_LOG
-    // says, so `-vv` or RUST_LOG=trace never prints a secret. Added last so they win over RUST_LOG.
-    for quiet in ["tungstenite=debug", "tokio_tungstenite=debug"] {
-        if let Ok(d) = quiet.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // `auth` message) and the backup password (`backup/generate`): those records are dropped whatever
+    // RUST_LOG says, so `-vv` or RUST_LOG=trace never prints a secret. A filter of its own rather than
+    // an EnvFilter directive, which could only set the library's level, not cap it.
+    let no_frames = filter_fn(|meta| {
+        !(*meta.level() == tracing::Level::TRACE
+            && (meta.target().starts_with("tungstenite")
+                || meta.target().starts_with("tokio_tungstenite")))
+    });
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match global.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry.with(layer.with_filter(no_frames)).try_init(),
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_filter(no_frames))
+            .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
@@ -156,11 +171,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Pull(args) => once::run_pull(&cli.global, args).await,
         Command::List(args) => store_cmds::list(&cli.global, args).await,
         Command::Verify(args) => store_cmds::verify(&cli.global, args).await,
+        Command::Extract(args) => extract::run(&cli.global, args).await,
         Command::Prune(args) => store_cmds::prune(&cli.global, args).await,
         Command::TrustHost(args) => trust_host::run(&cli.global, args).await,
         Command::Init(args) => init::run(&cli.global, args).await,
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => completions::man(args),
+        Command::Audit(audit::AuditCommand::Ack(args)) => audit::run_ack(&cli.global, args).await,
         Command::Audit(cmd) => {
             // The path comes from the config when there is one; `--path` overrides it.
             let path = config::load(&cli.global.config)
@@ -181,7 +198,14 @@ pub fn exit_code(outcome: anyhow::Result<ExitCode>) -> ExitCode {
             let usage = e
                 .chain()
                 .any(|c| c.downcast_ref::<config::ConfigError>().is_some());
-            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
+            let busy = e.chain().any(|c| c.downcast_ref::<StoreBusy>().is_some());
+            ExitCode::from(if busy {
+                EXIT_TEMPFAIL
+            } else if usage {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            })
         }
     }
 }
@@ -200,6 +224,60 @@ pub(crate) async fn interrupted() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+}
+
+/// Another process writes the store: nothing was done (exit status [`EXIT_TEMPFAIL`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreBusy(String);
+
+/// Takes the store's one-writer lock for `command`, to hold for the rest of the process. Refused (exit
+/// status 75) while another process holds it, unless `--wait` was given and the holder is not the
+/// daemon; the refusal names the holder.
+pub(crate) async fn lock_store(
+    global: &Global,
+    cfg: &Config,
+    command: &'static str,
+) -> anyhow::Result<crate::store::lock::StoreLock> {
+    use crate::store::lock::{LockError, StoreLock};
+    let dir = crate::service::lock_dir(cfg)?;
+    let shown = dir.display().to_string();
+    let first = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || StoreLock::try_acquire(&dir, command)).await?
+    };
+    let holder = match first {
+        Ok(lock) => return Ok(lock),
+        Err(LockError::Busy { holder, .. }) => holder,
+        Err(e) => return Err(e.into()),
+    };
+    let busy = LockError::Busy {
+        dir: dir.clone(),
+        holder: holder.clone(),
+    };
+    if holder.as_ref().is_some_and(|h| h.is_daemon()) {
+        let wait_note = if global.wait {
+            " (--wait does not wait for a daemon: it holds the store for as long as it runs)"
+        } else {
+            ""
+        };
+        return Err(StoreBusy(format!(
+            "{busy}. It is the daemon: it makes the backups on its schedule{wait_note}. \
+             Stop it first (e.g. `systemctl stop hapull`) to run `hapull {command}` by hand, or let it do the work \
+             (`hapull audit tail -f` shows its cycles)"
+        ))
+        .into());
+    }
+    if !global.wait {
+        return Err(StoreBusy(format!(
+            "{busy}. `hapull {command}` did nothing; run it again when that process has finished, or pass --wait to wait for it"
+        ))
+        .into());
+    }
+    tracing::info!(store = %shown, "{busy}; waiting for it to finish (--wait)");
+    let lock =
+        tokio::task::spawn_blocking(move || StoreLock::acquire_blocking(&dir, command)).await??;
+    Ok(lock)
 }
 
 /// Loads the config and logs its warnings.
@@ -221,4 +299,24 @@ pub async fn connect(cfg: &Config, reconnect: bool) -> anyhow::Result<Client> {
             cfg.path.display()
         )
     })
+}
+
+/// Reads a backup password from a file: the whole file, less one trailing line break.
+pub(crate) fn read_password_file(path: &std::path::Path) -> anyhow::Result<crate::secret::Secret> {
+    use anyhow::Context as _;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the password file {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "the password file {} is not UTF-8 text; Home Assistant passwords are text",
+            path.display()
+        )
+    })?;
+    let secret = crate::secret::Secret::new(text);
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "the password file {} is empty; put the backup password in it",
+        path.display()
+    );
+    Ok(secret)
 }

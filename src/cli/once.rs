@@ -18,6 +18,8 @@ pub struct PullArgs {
 
 pub async fn run_once(global: &Global, _args: OnceArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
+    // Held until this function returns: the store, its ledger and the audit log have one writer.
+    let _lock = super::lock_store(global, &cfg, "once").await?;
     let ctx = build(&cfg).await?;
     let outcome = ctx.run_cycle().await;
     finish(&cfg, &ctx, outcome).await
@@ -25,6 +27,7 @@ pub async fn run_once(global: &Global, _args: OnceArgs) -> anyhow::Result<ExitCo
 
 pub async fn run_pull(global: &Global, args: PullArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
+    let _lock = super::lock_store(global, &cfg, "pull").await?;
     let ctx = build(&cfg).await?;
     let outcome = ctx.pull_existing(&args.backup_id).await;
     finish(&cfg, &ctx, outcome).await
@@ -70,19 +73,15 @@ async fn finish(
 }
 
 /// Writes the outcome into the state file, where `hapull health` and a daemon's `/healthz` read the
-/// last success. An archive that was committed counts as a success even when a tidy-up step after
-/// the commit failed: the verified copy exists. A state file that cannot be written is reported and
-/// does not change the exit code: the backup itself is done.
+/// last success. Only a cycle that finished counts as a success, as in the daemon and its metrics. A
+/// state file that cannot be written is reported and does not change the exit code: the backup
+/// itself is done.
 fn record_outcome(cfg: &crate::config::Config, outcome: &Result<Report, crate::cycle::CycleError>) {
-    use crate::cycle::Step;
-    let committed = match outcome {
-        Ok(_) => true,
-        Err(e) => matches!(e.step(), Some(Step::CleanUpHa | Step::Retention)),
-    };
+    let committed = outcome.is_ok();
     let path = &cfg.schedule.state_file;
     let write = || -> anyhow::Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            crate::private_fs::create_dir_all(dir)?;
         }
         let state = crate::daemon::StateFile::open(path)?;
         let now = jiff::Timestamp::now();

@@ -15,6 +15,8 @@ pub struct HealthArgs {}
 
 pub async fn run(global: &Global, _args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
+    // The daemon is the store's one writer for as long as it runs.
+    let _lock = super::lock_store(global, &cfg, "run").await?;
     // First SIGTERM/SIGINT: graceful; a second one cuts a running cycle at once.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(2);
     tokio::spawn(async move {

@@ -26,6 +26,10 @@ pub struct VerifyArgs {
     /// Verify every archive in the store.
     #[arg(long)]
     pub all: bool,
+    /// File holding the backup password (default: the config's `password_file`), to decrypt and
+    /// verify protected backups.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -73,7 +77,7 @@ pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(EXIT_OK));
     }
-    let store = crate::service::open_store(&cfg)?;
+    let store = crate::service::open_store_read_only(&cfg)?;
     let listing = tokio::task::spawn_blocking(move || store.scan()).await??;
     if args.json {
         let items: Vec<_> = listing
@@ -87,16 +91,26 @@ pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&json!({"archives": items, "problems": problems}))?
         );
     } else {
-        println!("{:<10} {:<22} {:>12}  PATH", "ID", "PULLED AT", "SIZE");
+        println!(
+            "{:<10} {:<22} {:>12}  {:<10} {:<9}  PATH",
+            "ID", "PULLED AT", "SIZE", "VERIFIED", "PROTECTED"
+        );
         for a in &listing.archives {
+            let protected = match (a.manifest.protected, a.manifest.securetar) {
+                (false, _) => "no".to_owned(),
+                (true, Some(v)) => format!("yes (v{v})"),
+                (true, None) => "yes".to_owned(),
+            };
             println!(
-                "{:<10} {:<22} {:>12}  {}",
+                "{:<10} {:<22} {:>12}  {:<10} {:<9}  {}",
                 a.manifest.backup_id,
                 a.manifest
                     .pulled_at
                     .strftime("%Y-%m-%d %H:%M:%SZ")
                     .to_string(),
                 a.manifest.size,
+                a.manifest.verified_str(),
+                protected,
                 a.relative_path
             );
         }
@@ -109,8 +123,15 @@ pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
-    let store = crate::service::open_store(&cfg)?;
+    let store = crate::service::open_store_read_only(&cfg)?;
+    let password = match &args.password_file {
+        Some(path) => Some(super::read_password_file(path)?),
+        None => cfg.backup.password.clone(),
+    };
     let failed = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        // One set of keys for the run: archives of one backup series share nothing, but the cache
+        // costs nothing and the password is held once.
+        let mut keys = password.map(crate::store::Keys::new);
         let archives = match &args.backup_id {
             Some(id) => vec![
                 store
@@ -121,12 +142,18 @@ pub async fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<ExitCod
         };
         let mut failed = 0;
         for a in &archives {
-            let report = store.verify(a)?;
+            // One read of each file: SHA-256 against the manifest, the archive's structure, and
+            // every inner archive decrypted (if protected) and decompressed to its end.
+            let report = store.verify_with(a, Some(crate::store::Verify::Full), keys.as_mut())?;
             if report.is_ok() {
+                let level = report.level.map_or("hashed", crate::store::Level::as_str);
                 println!(
-                    "ok      {}  sha256 {}",
+                    "{level:<9} {}  sha256 {}",
                     report.relative_path, report.actual_sha256
                 );
+                for w in &report.warnings {
+                    println!("          warning: {w}");
+                }
             } else {
                 failed += 1;
                 println!(
@@ -148,15 +175,21 @@ pub async fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<ExitCod
 
 pub async fn prune(global: &Global, args: PruneArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
-    let store = crate::service::open_store(&cfg)?;
     let policy = crate::service::retention(&cfg);
     let tz = crate::service::timezone(&cfg)?;
     if policy.keeps_everything() {
         println!("no keep_* rule is set in [store]: everything is kept");
         return Ok(ExitCode::from(EXIT_OK));
     }
-    let audit = crate::service::open_audit(&cfg).await?;
     let dry_run = args.dry_run;
+    // A dry run only reads; a real one is the store's writer for its duration.
+    let (_lock, store, audit) = if dry_run {
+        (None, crate::service::open_store_read_only(&cfg)?, None)
+    } else {
+        let lock = super::lock_store(global, &cfg, "prune").await?;
+        let store = crate::service::open_store(&cfg)?;
+        (Some(lock), store, crate::service::open_audit(&cfg).await?)
+    };
     let decisions =
         tokio::task::spawn_blocking(move || store.prune(&policy, &tz, dry_run)).await??;
     for d in &decisions {
@@ -178,7 +211,7 @@ pub async fn prune(global: &Global, args: PruneArgs) -> anyhow::Result<ExitCode>
             && let Some(a) = &audit
         {
             a.step(
-                "store.pruned",
+                crate::audit::Kind::StorePruned,
                 json!({"backup_id": d.archive.manifest.backup_id, "path": d.archive.relative_path}),
             )
             .await?;

@@ -149,6 +149,10 @@ pub struct Schedule {
     pub state_file: PathBuf,
     /// How long a running cycle may go on after SIGTERM before it is cut (leaving a resumable partial).
     pub shutdown_grace: Duration,
+    /// A cycle that failed for a transient reason is retried after `retry_min`, then doubling waits
+    /// up to `retry_max` (each stretched by jitter), until the next scheduled run.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -444,6 +448,14 @@ impl Validator<'_> {
             if secret.is_empty() {
                 return Err(self.err(section, file_key, format!("{} is empty", path.display())));
             }
+            if let Some(bits) = crate::private_fs::exposed_bits(&path).filter(|b| *b != 0) {
+                self.warn(format!(
+                    "[{section}] {file_key}: {} can be read or changed by its group or others (permission bits {bits:03o} \
+                     beyond the owner's); the secret in it is exposed. Run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                ));
+            }
             return Ok(Some(secret));
         }
         if let Some(name) = env {
@@ -710,6 +722,21 @@ impl Validator<'_> {
         {
             return Err(self.err(S, "cron", format!("{cron:?}: {e}")));
         }
+        let retry_min = self.duration(S, "retry_min", r.retry_min.as_deref().unwrap_or("15s"))?;
+        let retry_max = self.duration(S, "retry_max", r.retry_max.as_deref().unwrap_or("5m"))?;
+        if retry_min.is_zero() {
+            return Err(self.err(S, "retry_min", "must be more than 0s, e.g. \"15s\""));
+        }
+        if retry_max < retry_min {
+            return Err(self.err(
+                S,
+                "retry_max",
+                format!(
+                    "is shorter than retry_min ({}); the longest wait between retries cannot be shorter than the first",
+                    humantime::format_duration(retry_min)
+                ),
+            ));
+        }
         Ok(Schedule {
             cron,
             timezone,
@@ -725,6 +752,8 @@ impl Validator<'_> {
                 "shutdown_grace",
                 r.shutdown_grace.as_deref().unwrap_or("2m"),
             )?,
+            retry_min,
+            retry_max,
         })
     }
 

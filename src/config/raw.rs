@@ -187,6 +187,8 @@ pub struct Schedule {
     pub run_on_start: Option<bool>,
     pub state_file: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub retry_min: Option<String>,
+    pub retry_max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

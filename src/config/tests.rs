@@ -1,11 +1,45 @@
 use super::*;
 use std::io::Write;
 
+/// Writes a file the way the setup guide says secrets are kept: mode 0600.
 fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
     let mut f = fs::File::create(&p).unwrap();
     f.write_all(body.as_bytes()).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
     p
+}
+
+#[test]
+fn secret_files_readable_by_others_are_warned_about_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = write(dir.path(), "token", "secret-token\n");
+    let pw = write(dir.path(), "pw", "backup-pass\n");
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&pw, fs::Permissions::from_mode(0o640)).unwrap();
+    let l = load_str(
+        dir.path(),
+        "[home_assistant]\nurl = \"http://ha:8123\"\ntoken_file = \"token\"\n[backup]\npassword_file = \"pw\"\n",
+    )
+    .unwrap();
+    let all = l
+        .warnings
+        .iter()
+        .map(|w| w.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        all.contains("token_file") && all.contains(&format!("chmod 600 {}", token.display())),
+        "{all}"
+    );
+    assert!(
+        all.contains("password_file") && all.contains(&format!("chmod 600 {}", pw.display())),
+        "{all}"
+    );
+    assert!(
+        !all.contains("secret-token") && !all.contains("backup-pass"),
+        "{all}"
+    );
 }
 
 fn load_str(dir: &Path, body: &str) -> Result<Loaded, ConfigError> {

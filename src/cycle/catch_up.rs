@@ -19,7 +19,8 @@ impl Context {
             // removed the files has nothing left to pull.
             return Ok(Vec::new());
         }
-        let ledger = Ledger::read(self.store.root());
+        let ledger = Ledger::read(self.store.root())
+            .map_err(|e| CycleError::refused(Step::CatchUp, e.to_string()))?;
         let mut missing: Vec<_> = (self.client.backup_info().await.at(Step::CatchUp)?)
             .backups
             .into_iter()

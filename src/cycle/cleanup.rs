@@ -5,6 +5,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::{At, Context, CycleError, Step};
+use crate::audit::Kind;
 use crate::config::BackupMode;
 use crate::ha::{Backup, BackupApi};
 use crate::store::Ledger;
@@ -15,7 +16,8 @@ impl Context {
             // The recipe's delete command is the clean-up in this mode.
             return Ok(Vec::new());
         }
-        let ledger = Ledger::read(self.store.root());
+        let ledger = Ledger::read(self.store.root())
+            .map_err(|e| CycleError::refused(Step::CleanUpHa, e.to_string()))?;
         let mut ours: Vec<Backup> = (self.client.backup_info().await.at(Step::CleanUpHa)?)
             .backups
             .into_iter()
@@ -35,7 +37,7 @@ impl Context {
             .at(Step::CleanUpHa)?;
             info!(backup_id = %b.backup_id, "deleted from Home Assistant (verified local copy exists)");
             self.record(
-                "ha.deleted",
+                Kind::HaDeleted,
                 json!({"backup_id": b.backup_id, "name": b.name}),
             )
             .await?;
@@ -58,7 +60,7 @@ impl Context {
         let mut pruned = Vec::new();
         for d in decisions.into_iter().filter(|d| !d.keep) {
             self.record(
-                "store.pruned",
+                Kind::StorePruned,
                 json!({"backup_id": d.archive.manifest.backup_id, "path": d.archive.relative_path}),
             )
             .await?;

@@ -7,6 +7,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::{At, Context, CycleError, Step};
+use crate::audit::Kind;
 use crate::ha::{BackupApi, Subscription};
 use crate::transfer::{Session, TransferError};
 
@@ -48,7 +49,7 @@ impl Context {
             BackupApi::Legacy { .. } => "legacy",
         };
         self.record(
-            "cycle.connected",
+            Kind::CycleConnected,
             json!({"ha_version": self.client.ha_version(), "backup_api": api_name}),
         )
         .await?;
@@ -66,7 +67,10 @@ impl Context {
                 return Err(CycleError::Timeout {
                     step: Step::Connect,
                     after: self.settings.blocked_timeout,
-                    what: format!("Home Assistant's backup manager stayed {:?}", info.state),
+                    what: format!(
+                        "Home Assistant's backup manager stayed \"{}\"",
+                        info.state.escape_debug()
+                    ),
                 });
             }
             info!(

@@ -7,6 +7,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::{At, Context, CycleError, Made, Step};
+use crate::audit::Kind;
 use crate::config::BackupMode;
 use crate::ha::{BackupApi, GenerateRequest, Subscription};
 use crate::store::{Ledger, LedgerEntry, safe_component};
@@ -56,7 +57,7 @@ impl Context {
                 format!("cannot record the new backup id in the store: {e}"),
             )
         })?;
-        self.record("backup.created", json!({"backup_id": id}))
+        self.record(Kind::BackupCreated, json!({"backup_id": id}))
             .await?;
         Ok(made)
     }

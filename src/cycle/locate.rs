@@ -6,6 +6,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{At, Context, CycleError, Made, Step};
+use crate::audit::Kind;
 use crate::ha::BackupApi;
 use crate::store::{self, ArchiveError, BackupJson, MAX_BACKUP_JSON, safe_component};
 use crate::transfer::Session;
@@ -40,7 +41,7 @@ impl Context {
         let path = result?;
         info!(remote = %path, "archive located");
         self.record(
-            "archive.located",
+            Kind::ArchiveLocated,
             json!({"backup_id": made.backup_id, "remote": path}),
         )
         .await?;

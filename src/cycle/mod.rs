@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Kind};
 use crate::config::{BackupMode, VerifyLevel};
 use crate::ha::{Backup, BackupApi, Client, HaError};
 use crate::secret::Secret;
@@ -99,7 +99,7 @@ pub enum CycleError {
     },
     #[error("Home Assistant reported the backup failed: {reason}")]
     BackupFailed { reason: String },
-    #[error("{step}: gave up after {after:?}: {what}")]
+    #[error("{step}: gave up after {}: {what}", humantime::format_duration(*.after))]
     Timeout {
         step: Step,
         after: Duration,
@@ -121,6 +121,24 @@ impl CycleError {
             | CycleError::Refused { step, .. } => Some(*step),
             CycleError::BackupFailed { .. } => Some(Step::Await),
             CycleError::Audit(_) => None,
+        }
+    }
+
+    /// True when running the cycle again later may succeed: Home Assistant or the SSH host
+    /// unreachable or restarting, or HA's backup manager busy past `blocked_timeout`. A refused
+    /// token, a changed host key, a refusal, a failed backup or a store problem need a person.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CycleError::Ha { source, .. } => source.is_transient(),
+            CycleError::Transfer { source, .. } => match source {
+                TransferError::RetriesExhausted { last, .. } => last.is_transient(),
+                other => other.is_transient(),
+            },
+            CycleError::Timeout { step, .. } => *step == Step::Connect,
+            CycleError::Store { .. }
+            | CycleError::BackupFailed { .. }
+            | CycleError::Refused { .. }
+            | CycleError::Audit(_) => false,
         }
     }
 
@@ -219,7 +237,7 @@ impl Made {
 }
 
 impl Context {
-    async fn record(&self, kind: &str, data: Value) -> Result<(), CycleError> {
+    async fn record(&self, kind: Kind, data: Value) -> Result<(), CycleError> {
         if let Some(audit) = &self.audit {
             audit
                 .step(kind, data)
@@ -235,7 +253,7 @@ impl Context {
         let span = info_span!("cycle", mode = self.settings.mode.as_str());
         async {
             self.record(
-                "cycle.started",
+                Kind::CycleStarted,
                 json!({"mode": self.settings.mode.as_str()}),
             )
             .await?;
@@ -271,12 +289,7 @@ impl Context {
         let remote = (self.locate(api, &made))
             .instrument(info_span!("locate", backup_id = %id))
             .await?;
-        let (local, pulled) = (self.pull(&made, &remote))
-            .instrument(info_span!("pull", backup_id = %id))
-            .await?;
-        let archive = (self.commit(&made, &remote, &local, &pulled))
-            .instrument(info_span!("commit", backup_id = %id))
-            .await?;
+        let (archive, pulled) = self.save(&made, &remote).await?;
         self.catch_up(api)
             .instrument(info_span!("catch_up"))
             .await?;
@@ -305,7 +318,7 @@ impl Context {
             .ok_or_else(|| {
                 CycleError::refused(
                     Step::Locate,
-                    format!("Home Assistant has no backup {backup_id:?}; `hapull list --remote` shows the ids it has"),
+                    format!("Home Assistant has no backup \"{}\"; `hapull list --remote` shows the ids it has", backup_id.escape_debug()),
                 )
             })?;
         self.finish(api, Made::listed(backup), started).await
@@ -316,7 +329,7 @@ impl Context {
             Ok(r) => {
                 info!(backup_id = %r.backup_id, bytes = r.pull.size, secs = r.duration.as_secs_f64(), "cycle finished: archive committed");
                 self.record(
-                    "cycle.finished",
+                    Kind::CycleFinished,
                     json!({"backup_id": r.backup_id, "size": r.pull.size, "sha256": r.pull.sha256_hex(),
                            "duration_s": r.duration.as_secs_f64(), "deleted_on_ha": r.deleted_on_ha, "pruned": r.pruned}),
                 )
@@ -325,7 +338,7 @@ impl Context {
             Err(e) => {
                 warn!(error = %e, "cycle failed");
                 self.record(
-                    "cycle.failed",
+                    Kind::CycleFailed,
                     json!({"step": e.step().map(Step::as_str), "error": e.to_string()}),
                 )
                 .await

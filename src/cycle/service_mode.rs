@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::{At, Context, CycleError, Made, Step};
+use crate::audit::Kind;
 use crate::ha::Backup;
 use crate::store::safe_component;
 use crate::transfer::Session;
@@ -52,7 +53,7 @@ impl Context {
             );
         }
         self.record(
-            "ha.shell_command",
+            Kind::HaShellCommand,
             json!({"service": format!("shell_command.{name}"), "response": r.get("response")}),
         )
         .await?;
@@ -124,8 +125,9 @@ impl Context {
                 return Err(CycleError::refused(
                     Step::Create,
                     format!(
-                        "refusing to delete: {:?} in {} has an unsafe name",
-                        e.name, self.settings.remote_dir
+                        "refusing to delete: \"{}\" in {} has an unsafe name",
+                        e.name.escape_debug(),
+                        self.settings.remote_dir
                     ),
                 ));
             };

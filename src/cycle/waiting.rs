@@ -13,6 +13,7 @@ use tokio::time::timeout_at;
 use tracing::{info, warn};
 
 use super::{At, Context, CycleError, Made, Step};
+use crate::audit::Kind;
 use crate::config::BackupMode;
 use crate::ha::{Backup, BackupApi, BackupEvent, BackupState, HaError, SubItem, Subscription};
 
@@ -26,7 +27,7 @@ impl Context {
         let (BackupApi::Modern, BackupMode::Api, Some(sub)) = (api, self.settings.mode, sub) else {
             // Legacy generate and backup.create block until the backup is finished.
             self.record(
-                "backup.completed",
+                Kind::BackupCompleted,
                 json!({"backup_id": made.backup_id, "how": "blocking call returned"}),
             )
             .await?;
@@ -41,8 +42,14 @@ impl Context {
                         step: Step::Await,
                         after: self.settings.timeout,
                         what: format!(
-                            "backup {} did not complete (last stage {stage:?}); nothing was deleted",
-                            made.backup_id
+                            "backup {} did not complete (last stage {}); nothing was deleted",
+                            made.backup_id,
+                            stage
+                                .as_deref()
+                                .map_or("unknown".to_string(), |s: &str| format!(
+                                    "\"{}\"",
+                                    s.escape_debug()
+                                ))
                         ),
                     });
                 }
@@ -62,7 +69,7 @@ impl Context {
                     }) => {
                         let reason = reason.unwrap_or_else(|| "no reason given".into());
                         self.record(
-                            "backup.failed",
+                            Kind::BackupFailed,
                             json!({"backup_id": made.backup_id, "reason": reason}),
                         )
                         .await?;
@@ -120,7 +127,7 @@ impl Context {
             None => self.find_by_name_after_supervisor_job(&made).await?,
         };
         self.record(
-            "backup.completed",
+            Kind::BackupCompleted,
             json!({"backup_id": made.backup_id, "size": made.backup.as_ref().and_then(|b| b.size)}),
         )
         .await?;

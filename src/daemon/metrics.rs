@@ -52,12 +52,17 @@ struct Values {
     last_attempt: Option<Timestamp>,
     last_duration: Option<Duration>,
     last_archive_bytes: Option<u64>,
+    /// Whether the last committed archive was verified in full, and whether it was protected.
+    last_archive_full: Option<bool>,
+    last_archive_protected: Option<bool>,
     last_throughput: Option<f64>,
     success: u64,
     failed: u64,
     skipped: u64,
     pulled_bytes: u64,
     ha_connected: bool,
+    retries: u64,
+    next_retry: Option<Timestamp>,
 }
 
 /// A snapshot of the recorded values.
@@ -71,6 +76,10 @@ pub struct Snapshot {
     pub cycles_skipped: u64,
     pub pulled_bytes: u64,
     pub ha_connected: bool,
+    /// Retries of failed cycles since the daemon started.
+    pub cycle_retries: u64,
+    /// When a pending retry is due.
+    pub next_retry: Option<Timestamp>,
 }
 
 /// The metrics registry. Cheap to clone; all clones share the values.
@@ -122,6 +131,26 @@ impl Metrics {
         }
     }
 
+    /// A failed cycle will be retried at `at`.
+    pub fn cycle_retry_scheduled(&self, at: Timestamp) {
+        let mut v = self.lock();
+        v.retries = v.retries.saturating_add(1);
+        v.next_retry = Some(at);
+    }
+
+    /// No retry is pending any more.
+    pub fn cycle_retry_cleared(&self) {
+        self.lock().next_retry = None;
+    }
+
+    /// What the verification of the last committed archive proved: `full` (every byte read,
+    /// protected ones decrypted) or less, and whether the backup was password-protected.
+    pub fn archive_verified(&self, full: bool, protected: bool) {
+        let mut v = self.lock();
+        v.last_archive_full = Some(full);
+        v.last_archive_protected = Some(protected);
+    }
+
     /// A due run was skipped because a cycle was still running.
     pub fn cycle_skipped(&self) {
         self.lock().skipped += 1;
@@ -143,6 +172,8 @@ impl Metrics {
             cycles_skipped: v.skipped,
             pulled_bytes: v.pulled_bytes,
             ha_connected: v.ha_connected,
+            cycle_retries: v.retries,
+            next_retry: v.next_retry,
         }
     }
 
@@ -185,6 +216,25 @@ impl Metrics {
             v.last_archive_bytes.map_or(0.0, |b| b as f64),
         );
         gauge(
+            "hapull_last_archive_verified_full",
+            "1 when the last committed archive was verified in full (every inner archive read, \
+             protected ones decrypted), 0 when only its structure was (or none was committed).",
+            if v.last_archive_full == Some(true) {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        gauge(
+            "hapull_last_archive_protected",
+            "1 when the last committed archive was password-protected, else 0.",
+            if v.last_archive_protected == Some(true) {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        gauge(
             "hapull_last_throughput_bytes_per_second",
             "Pull speed of the last cycle that pulled data.",
             v.last_throughput.unwrap_or(0.0),
@@ -209,6 +259,17 @@ impl Metrics {
                 outcome.as_str()
             );
         }
+        gauge_line(
+            &mut out,
+            "hapull_next_retry_timestamp_seconds",
+            "When a failed cycle will be retried, as a Unix timestamp (0: no retry pending).",
+            ts(v.next_retry),
+        );
+        let _ = write!(
+            out,
+            "# HELP hapull_cycle_retries_total Retries of failed backup cycles (transient failures: Home Assistant or SSH unreachable, backup manager busy).\n# TYPE hapull_cycle_retries_total counter\nhapull_cycle_retries_total {}\n",
+            v.retries
+        );
         let _ = write!(
             out,
             "# HELP hapull_pulled_bytes_total Bytes pulled from Home Assistant.\n# TYPE hapull_pulled_bytes_total counter\nhapull_pulled_bytes_total {}\n",
@@ -226,6 +287,14 @@ impl Metrics {
         // Plain numbers, each update complete in itself: a poisoned lock still holds usable values.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn gauge_line(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n",
+        fmt_f64(value)
+    );
 }
 
 fn fmt_f64(v: f64) -> String {

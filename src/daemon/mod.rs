@@ -1,6 +1,6 @@
 //! The daemon's building blocks: when cycles run ([`schedule`], [`scheduler`]), what the daemon
-//! remembers across restarts ([`state`]), health and Prometheus metrics ([`status`], [`metrics`]),
-//! and webhooks ([`notify`]).
+//! remembers across restarts ([`state`]), retrying a failed cycle until the next run ([`retry`]),
+//! health and Prometheus metrics ([`status`], [`metrics`]), and webhooks ([`notify`]).
 //!
 //! These pieces know nothing about Home Assistant, SFTP or the archive store, and none of them runs
 //! a backup cycle; `hapull run` wires them to the cycle, roughly like this:
@@ -59,6 +59,7 @@
 pub mod clock;
 pub mod metrics;
 pub mod notify;
+pub mod retry;
 pub mod schedule;
 pub mod scheduler;
 pub mod state;
@@ -67,7 +68,8 @@ pub mod status;
 pub use clock::Clock;
 pub use metrics::{CycleReport, Metrics, Outcome};
 pub use notify::{Method, Notifier, NotifyError, WebhookClient, WebhookUrl};
+pub use retry::{PendingRetry, RetryOutcome, RetryPolicy, retry_until};
 pub use schedule::{Schedule, ScheduleError};
 pub use scheduler::{RunGuard, RunReason, Scheduler, Tick};
-pub use state::{State, StateError, StateFile};
+pub use state::{RetryAt, State, StateError, StateFile};
 pub use status::{Health, Limits, StatusServer, evaluate, health_from_state_file};

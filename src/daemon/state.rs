@@ -1,12 +1,12 @@
 //! The small state file: when the last scheduled run was due, when the last cycle succeeded or
-//! failed (written by the daemon and by `hapull once` / `hapull pull`), when the daemon started.
+//! failed (written by the daemon and by `hapull once` / `hapull pull`), when the daemon started, how
+//! many failed cycles were retried and which retry is due.
 //!
 //! It lets a restarted daemon catch up a run missed while the machine was down, and lets
 //! `hapull health` (a separate process) judge health by the same rule as `/healthz`. It holds only
 //! timestamps, never secrets, and it is not the audit log: losing it costs at most one extra run.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -45,6 +45,17 @@ pub struct State {
     pub started_at: Option<Timestamp>,
     /// When the last cycle failed (informational: health is judged by the last success).
     pub last_failure: Option<Timestamp>,
+    /// Retries of failed cycles, counted over the daemon's whole life (kept across restarts).
+    pub retries: u64,
+    /// A retry that is waiting to run: which attempt, and when.
+    pub pending_retry: Option<RetryAt>,
+}
+
+/// A retry of a failed cycle that is due at `at`; `attempt` 2 is the first retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAt {
+    pub attempt: u32,
+    pub at: Timestamp,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -57,6 +68,16 @@ struct OnDisk {
     started_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_failure: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    retries: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_retry: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl State {
@@ -84,11 +105,17 @@ impl State {
             })
             .transpose()
         };
+        let next_retry = ts("next_retry", disk.next_retry)?;
         Ok(State {
             last_scheduled_run: ts("last_scheduled_run", disk.last_scheduled_run)?,
             last_success: ts("last_success", disk.last_success)?,
             started_at: ts("started_at", disk.started_at)?,
             last_failure: ts("last_failure", disk.last_failure)?,
+            retries: disk.retries,
+            pending_retry: match (disk.retry_attempt, next_retry) {
+                (Some(attempt), Some(at)) => Some(RetryAt { attempt, at }),
+                _ => None,
+            },
         })
     }
 
@@ -104,30 +131,14 @@ impl State {
             last_success: self.last_success.map(|t| t.to_string()),
             started_at: self.started_at.map(|t| t.to_string()),
             last_failure: self.last_failure.map(|t| t.to_string()),
+            retries: self.retries,
+            retry_attempt: self.pending_retry.map(|r| r.attempt),
+            next_retry: self.pending_retry.map(|r| r.at.to_string()),
         };
         let mut text =
             serde_json::to_string_pretty(&disk).map_err(|e| werr(std::io::Error::other(e)))?;
         text.push('\n');
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "state".to_string());
-        let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-        let result = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            fs::File::open(&dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map_err(werr)
+        crate::private_fs::write_atomic(path, text.as_bytes()).map_err(werr)
     }
 }
 
@@ -179,9 +190,28 @@ impl StateFile {
         self.update(|s| s.last_scheduled_run = Some(at))
     }
 
-    /// Records a successful cycle that finished at `at`.
+    /// Records a successful cycle that finished at `at` (no retry is pending any more).
     pub fn record_success(&self, at: Timestamp) -> Result<(), StateError> {
-        self.update(|s| s.last_success = Some(at))
+        self.update(|s| {
+            s.last_success = Some(at);
+            s.pending_retry = None;
+        })
+    }
+
+    /// Records that a failed cycle will be retried (counted in `retries`).
+    pub fn record_retry(&self, retry: RetryAt) -> Result<(), StateError> {
+        self.update(|s| {
+            s.retries = s.retries.saturating_add(1);
+            s.pending_retry = Some(retry);
+        })
+    }
+
+    /// Records that no retry is pending (the cycle failed for good, or shutdown came first).
+    pub fn clear_retry(&self) -> Result<(), StateError> {
+        if self.get().pending_retry.is_none() {
+            return Ok(());
+        }
+        self.update(|s| s.pending_retry = None)
     }
 
     /// Records a cycle that failed at `at`.

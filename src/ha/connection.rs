@@ -528,8 +528,8 @@ impl Actor {
                     if awaiting_pong.is_some() {
                         fail_pending(pending, "no pong within the heartbeat interval");
                         return End::Lost(format!(
-                            "Home Assistant did not answer a heartbeat within {:?}",
-                            self.opts.heartbeat_interval
+                            "Home Assistant did not answer a heartbeat within {}",
+                            humantime::format_duration(self.opts.heartbeat_interval)
                         ));
                     }
                     // Requests whose caller gave up (timed out) are forgotten here.

@@ -21,7 +21,7 @@ pub enum HaError {
     AuthInvalid { endpoint: String, message: String },
     #[error("Home Assistant sent something unexpected: {0}")]
     Protocol(String),
-    #[error("Home Assistant did not answer {command} within {after:?}")]
+    #[error("Home Assistant did not answer {command} within {}", humantime::format_duration(*.after))]
     Timeout { command: String, after: Duration },
     #[error("the connection to Home Assistant was lost: {0}")]
     ConnectionLost(String),

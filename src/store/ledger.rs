@@ -36,12 +36,28 @@ pub enum Entry {
 }
 
 impl Ledger {
-    /// Reads the ledger of the store at `root`; a missing file is an empty ledger.
-    pub fn read(root: &Path) -> Ledger {
-        std::fs::read(root.join(LEDGER_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Ledger>(&b).ok())
-            .unwrap_or_default()
+    /// Reads the ledger of the store at `root`; a missing file is an empty ledger. A ledger that cannot
+    /// be read or parsed is an error, never an empty ledger: forgetting which backups are hapull's would
+    /// let the catch-up and the clean-up go wrong. Writers hold the store lock, so nothing changes the
+    /// file between a read and the write that follows it.
+    pub fn read(root: &Path) -> std::io::Result<Ledger> {
+        let path = root.join(LEDGER_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ledger::default()),
+            Err(e) => return Err(e),
+        };
+        serde_json::from_slice::<Ledger>(&bytes).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} is not hapull's list of its backups ({e}); hapull will not guess which backups are \
+                     its own. Restore the file from a copy, or move it aside to start an empty list (hapull \
+                     then deletes none of the backups in Home Assistant until it has made new ones)",
+                    path.display()
+                ),
+            )
+        })
     }
 
     pub fn made(&self, id: &str) -> bool {
@@ -58,7 +74,7 @@ impl Ledger {
 
     /// Records `id` in the given list of the ledger at `root`, durably.
     pub fn remember(root: &Path, entry: Entry, id: &str) -> std::io::Result<()> {
-        let mut ledger = Ledger::read(root);
+        let mut ledger = Ledger::read(root)?;
         let list = match entry {
             Entry::Made => &mut ledger.ids,
             Entry::Committed => &mut ledger.committed,
@@ -75,15 +91,9 @@ impl Ledger {
     }
 
     fn write(&self, root: &Path) -> std::io::Result<()> {
-        use std::io::Write;
         let body = serde_json::to_vec_pretty(self)?;
-        std::fs::create_dir_all(root)?;
-        let tmp = root.join(format!("{LEDGER_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, root.join(LEDGER_FILE))?;
-        std::fs::File::open(root)?.sync_all()
+        crate::private_fs::create_dir_all(root)?;
+        crate::private_fs::write_atomic(&root.join(LEDGER_FILE), &body)
     }
 }
 
@@ -92,12 +102,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_garbled_ledger_is_an_error_not_an_empty_list() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LEDGER_FILE), b"{\"ids\": [\"a\"").unwrap();
+        let err = Ledger::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(LEDGER_FILE) && err.contains("move it aside"),
+            "{err}"
+        );
+        // And nothing is written over it.
+        assert!(Ledger::remember(dir.path(), Entry::Made, "b").is_err());
+        assert_eq!(
+            std::fs::read(dir.path().join(LEDGER_FILE)).unwrap(),
+            b"{\"ids\": [\"a\""
+        );
+    }
+
+    #[test]
     fn remembers_each_id_once_per_list() {
         let dir = tempfile::tempdir().unwrap();
         Ledger::remember(dir.path(), Entry::Made, "a").unwrap();
         Ledger::remember(dir.path(), Entry::Made, "a").unwrap();
         Ledger::remember(dir.path(), Entry::Committed, "a").unwrap();
-        let l = Ledger::read(dir.path());
+        let l = Ledger::read(dir.path()).unwrap();
         assert_eq!(l.ids, vec!["a"]);
         assert!(l.made("a") && l.committed("a") && !l.rejected("a"));
         assert!(!l.made("b"));

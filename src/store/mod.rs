@@ -21,18 +21,25 @@
 //! from the manifests. The store never deletes an archive on its own: only [`Store::remove`] and
 //! [`Store::prune`] do, and prune never removes the newest archive.
 //!
-//! One process should write to a store at a time. All I/O is blocking; async callers should use
-//! `tokio::task::spawn_blocking`.
+//! One process writes to a store at a time: writers hold the store's [`lock::StoreLock`] and only then
+//! [`Store::open`] it (which repairs what a crash left); readers use [`Store::open_read_only`], which
+//! changes nothing, so a `list` beside a running cycle cannot take its half-written files for leftovers.
+//! Every file and folder the store writes is private ([`crate::private_fs`]). All I/O is blocking;
+//! async callers should use `tokio::task::spawn_blocking`.
 
 mod archive;
+pub mod extract;
 mod ledger;
+pub mod lock;
 mod names;
 mod retention;
+pub mod securetar;
+mod stream_verify;
 mod tar_stream;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -41,14 +48,19 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{info, warn};
 
+use crate::secret::Secret;
+
 pub use archive::{
-    ArchiveError, ArchiveSummary, BackupJson, HomeAssistantPart, MAX_BACKUP_JSON,
-    MAX_OUTER_MEMBERS, MemberInfo, TarError, Verify, parse_backup_json,
-    parse_backup_json_from_tar_prefix, verify_file, verify_reader,
+    ArchiveError, ArchiveSummary, BackupJson, HomeAssistantPart, Level, MAX_BACKUP_JSON,
+    MAX_OUTER_MEMBERS, MemberInfo, NO_PASSWORD_WARNING, TarError, Verify, VerifyOptions,
+    parse_backup_json, parse_backup_json_from_tar_prefix, verify_file, verify_file_with,
+    verify_reader, verify_reader_with,
 };
 pub use ledger::{Entry as LedgerEntry, LEDGER_FILE, Ledger};
 pub use names::{MAX_COMPONENT_BYTES, NameError, safe_component, sanitize_for_filename};
 pub use retention::{Decision, RetentionPolicy, plan};
+pub use securetar::{Keys, SecureTarError};
+pub use stream_verify::StreamVerifier;
 
 use archive::hash_file;
 
@@ -56,7 +68,11 @@ use archive::hash_file;
 pub const SUMS_FILE: &str = "SHA256SUMS";
 
 /// Prefix of every temporary file the store creates; leftovers are removed by [`Store::open`].
-const TMP_PREFIX: &str = ".hapull-tmp-";
+const TMP_PREFIX: &str = crate::private_fs::TMP_PREFIX;
+
+/// A `.partial` download untouched for this long is abandoned (its backup is likely gone from Home
+/// Assistant) and removed, so failed pulls do not fill the disk over months.
+pub const STALE_PARTIAL_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 const INCOMING_DIR: &str = ".incoming";
 
@@ -78,6 +94,11 @@ pub struct CommitInfo {
     pub source_path: String,
     /// How deeply to check the archive before committing it.
     pub verify: Verify,
+    /// The backup password, for protected backups.
+    pub password: Option<Secret>,
+    /// What a [`StreamVerifier`] proved while the file was pulled; the commit then does not read
+    /// the file again.
+    pub verified: Option<ArchiveSummary>,
 }
 
 /// The manifest stored beside each archive.
@@ -101,6 +122,20 @@ pub struct Manifest {
     pub hapull_version: String,
     /// The archive's file name, beside the manifest.
     pub archive: String,
+    /// What verification proved before the commit (absent in manifests of older versions, which
+    /// did not record it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Level>,
+    /// SecureTar version of the encrypted inner archives, when they were opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub securetar: Option<u8>,
+}
+
+impl Manifest {
+    /// `full`, `structure`, or `unrecorded` (a manifest from before levels were recorded).
+    pub fn verified_str(&self) -> &'static str {
+        self.verified.map_or("unrecorded", Level::as_str)
+    }
 }
 
 /// An archive in the store, as described by its manifest.
@@ -159,6 +194,10 @@ pub struct VerifyReport {
     pub actual_sha256: String,
     /// Empty when the archive is intact.
     pub problems: Vec<String>,
+    /// What was proven when the archive's structure was checked (`None`: only re-hashed).
+    pub level: Option<Level>,
+    /// Why the level is lower than full, for a person.
+    pub warnings: Vec<String>,
 }
 
 impl VerifyReport {
@@ -178,6 +217,8 @@ pub enum StoreError {
     },
     #[error("{} is not an intact Home Assistant backup: {source}", path.display())]
     Archive { path: PathBuf, source: ArchiveError },
+    #[error("{} cannot be opened: {source}", path.display())]
+    WrongPassword { path: PathBuf, source: ArchiveError },
     #[error("unusable backup id: {0}")]
     Name(#[from] NameError),
     #[error(
@@ -245,13 +286,8 @@ impl Store {
     /// write permission the store still opens, for reading, and that repair is skipped.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
         let root = dir.as_ref().to_owned();
-        if !root.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&root)
-                .map_err(io_err("create the store directory", &root))?;
-        }
+        crate::private_fs::create_dir_all(&root)
+            .map_err(io_err("create the store directory", &root))?;
         let store = Store { root };
         match store.recover() {
             // Someone who may only read the store (`hapull list` or `verify` as another user, a
@@ -267,8 +303,61 @@ impl Store {
         }
     }
 
+    /// Opens the store at `dir` for reading: creates nothing, repairs nothing (a writer may be at work).
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let root = dir.as_ref().to_owned();
+        fs::metadata(&root).map_err(io_err("open the store directory", &root))?;
+        Ok(Store { root })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Removes `.partial` downloads (and their sidecars) in the incoming folder not written to for
+    /// `max_age`, logging each; returns what was removed. Only a lock holder may call this.
+    pub fn remove_stale_partials(
+        &self,
+        max_age: std::time::Duration,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let dir = self.root.join(INCOMING_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("list", &dir)(e)),
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !(name.ends_with(".partial") || name.ends_with(".partial.meta")) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if !meta.is_file() || age < max_age {
+                continue;
+            }
+            let path = entry.path();
+            warn!(
+                path = %path.display(),
+                bytes = meta.len(),
+                age_days = age.as_secs() / 86_400,
+                "removing a partial download untouched for over a week"
+            );
+            remove_if_present(&path)?;
+            removed.push(path);
+        }
+        if !removed.is_empty() {
+            fsync_dir(&dir)?;
+        }
+        Ok(removed)
     }
 
     /// Where to pull the archive of `backup_id` before committing it: inside the store, so the commit
@@ -277,6 +366,7 @@ impl Store {
         let id = safe_component(backup_id)?;
         let dir = self.root.join(INCOMING_DIR);
         ensure_dir(&self.root, &dir)?;
+        self.remove_stale_partials(STALE_PARTIAL_AGE)?;
         Ok(dir.join(format!("{id}.tar")))
     }
 
@@ -315,12 +405,45 @@ impl Store {
             return Ok(existing);
         }
 
-        let summary = verify_file(partial, &backup_id, info.verify).map_err(|source| {
-            StoreError::Archive {
-                path: partial.to_owned(),
-                source,
+        // Verified while it was pulled: the bytes the verifier read are the bytes the transfer
+        // hashed and wrote, so there is nothing to re-read. Otherwise, one read does both.
+        let streamed = info.verified.is_some();
+        let summary = match &info.verified {
+            Some(summary) => {
+                if summary.backup.slug != backup_id {
+                    return Err(StoreError::Archive {
+                        path: partial.to_owned(),
+                        source: ArchiveError::SlugMismatch {
+                            expected: backup_id,
+                            found: tar_stream::shown(&summary.backup.slug),
+                        },
+                    });
+                }
+                summary.clone()
             }
-        })?;
+            None => {
+                let mut keys = info.password.clone().map(Keys::new);
+                verify_file_with(
+                    partial,
+                    &backup_id,
+                    VerifyOptions {
+                        mode: info.verify,
+                        keys: keys.as_mut(),
+                        hash: true,
+                    },
+                )
+                .map_err(|source| match source {
+                    ArchiveError::WrongPassword { .. } => StoreError::WrongPassword {
+                        path: partial.to_owned(),
+                        source,
+                    },
+                    source => StoreError::Archive {
+                        path: partial.to_owned(),
+                        source,
+                    },
+                })?
+            }
+        };
         if summary.size != info.size {
             return Err(StoreError::SizeMismatch {
                 path: partial.to_owned(),
@@ -328,7 +451,7 @@ impl Store {
                 actual: summary.size,
             });
         }
-        if summary.sha256 != info.sha256 {
+        if !streamed && summary.sha256 != info.sha256 {
             return Err(StoreError::HashMismatch {
                 path: partial.to_owned(),
                 expected: new_sha,
@@ -374,12 +497,22 @@ impl Store {
             source_path: info.source_path.clone(),
             hapull_version: env!("CARGO_PKG_VERSION").to_owned(),
             archive: archive_name.clone(),
+            verified: Some(summary.level),
+            securetar: summary.securetar,
         };
+        for w in &summary.warnings {
+            warn!(backup_id = %backup_id, "{w}");
+        }
 
         ensure_dir(&self.root, &self.root.join(&year))?;
         ensure_dir(&self.root.join(&year), &dir)?;
+        // The archive keeps this file's inode (it is linked into place): make it private first, whatever
+        // mode the pull or an older version left.
         File::open(partial)
-            .and_then(|f| f.sync_all())
+            .and_then(|f| {
+                crate::private_fs::make_private(&f)?;
+                f.sync_all()
+            })
             .map_err(io_err("flush to disk", partial))?;
         let mut json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| io_err("encode", &manifest_path)(io::Error::other(e)))?;
@@ -496,20 +629,37 @@ impl Store {
 
     /// Re-hashes the archive and compares size and SHA-256 with its manifest.
     pub fn verify(&self, archive: &StoredArchive) -> Result<VerifyReport, StoreError> {
-        self.verify_with(archive, None)
+        self.verify_with(archive, None, None)
     }
 
-    /// Like [`Store::verify`], and with `Some(mode)` also re-checks the archive's structure.
+    /// Like [`Store::verify`], and with `Some(mode)` also re-checks the archive's structure and, in
+    /// [`Verify::Full`] mode, reads every inner archive (decrypting a protected backup's with
+    /// `keys`), all in the same single read of the file.
     pub fn verify_with(
         &self,
         archive: &StoredArchive,
         structure: Option<Verify>,
+        keys: Option<&mut Keys>,
     ) -> Result<VerifyReport, StoreError> {
         let m = &archive.manifest;
         let mut problems = Vec::new();
+        let mut level = None;
+        let mut warnings = Vec::new();
         let checked = match structure {
-            Some(mode) => match verify_file(&archive.path, &m.backup_id, mode) {
-                Ok(summary) => Some((summary.size, summary.sha256)),
+            Some(mode) => match verify_file_with(
+                &archive.path,
+                &m.backup_id,
+                VerifyOptions {
+                    mode,
+                    keys,
+                    hash: true,
+                },
+            ) {
+                Ok(summary) => {
+                    level = Some(summary.level);
+                    warnings = summary.warnings;
+                    Some((summary.size, summary.sha256))
+                }
                 Err(ArchiveError::Open { source, .. }) => {
                     return Err(io_err("read", &archive.path)(source));
                 }
@@ -544,6 +694,8 @@ impl Store {
             expected_sha256: m.sha256.clone(),
             actual_sha256,
             problems,
+            level,
+            warnings,
         })
     }
 
@@ -605,6 +757,7 @@ impl Store {
     /// Brings the store back to a consistent state after a crash.
     fn recover(&self) -> Result<(), StoreError> {
         remove_temp_files(&self.root)?;
+        self.remove_stale_partials(STALE_PARTIAL_AGE)?;
         for (_, year_dir) in subdirs(&self.root, 4)? {
             for (_, month_dir) in subdirs(&year_dir, 2)? {
                 remove_temp_files(&month_dir)?;
@@ -730,55 +883,36 @@ fn remove_if_present(path: &Path) -> Result<(), StoreError> {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("flush the directory", dir))
+    crate::private_fs::sync_dir(dir).map_err(io_err("flush the directory", dir))
 }
 
 fn fsync_parent(path: &Path) -> Result<(), StoreError> {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => fsync_dir(p),
-        _ => fsync_dir(Path::new(".")),
-    }
+    fsync_dir(&crate::private_fs::parent_of(path))
 }
 
 /// Creates `dir` (mode 0700) if missing and makes its entry in `parent` durable.
 fn ensure_dir(parent: &Path, dir: &Path) -> Result<(), StoreError> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => fsync_dir(parent),
+    match fs::DirBuilder::new()
+        .mode(crate::private_fs::DIR_MODE)
+        .create(dir)
+    {
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(crate::private_fs::DIR_MODE))
+                .map_err(io_err("set mode 0700 on", dir))?;
+            fsync_dir(parent)
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(io_err("create the directory", dir)(e)),
     }
 }
 
 fn temp_path_for(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!("{TMP_PREFIX}{name}.{:016x}", fastrand::u64(..)))
+    crate::private_fs::temp_path_for(target)
 }
 
-/// Writes `data` to `target` so that a crash leaves the old content or the new, never a mix: temp
-/// file in the same directory, fsync, rename, fsync the directory.
+/// Writes `data` to `target` so that a crash leaves the old content or the new, never a mix.
 fn write_atomic(target: &Path, data: &[u8]) -> Result<(), StoreError> {
-    let tmp = temp_path_for(target);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        f.write_all(data).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("flush to disk", &tmp))?;
-        fs::rename(&tmp, target).map_err(io_err("rename into place", target))?;
-        fsync_parent(target)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::private_fs::write_atomic(target, data).map_err(io_err("write", target))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -834,12 +968,7 @@ fn link_no_replace(from: &Path, to: &Path) -> io::Result<()> {
 
 fn copy_durably(from: &Path, tmp: &Path, sha256: &[u8; 32]) -> Result<(), StoreError> {
     let mut src = File::open(from).map_err(io_err("read", from))?;
-    let mut dst = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(io_err("create", tmp))?;
+    let mut dst = crate::private_fs::create_new(tmp).map_err(io_err("create", tmp))?;
     io::copy(&mut src, &mut dst).map_err(io_err("copy into", tmp))?;
     dst.sync_all().map_err(io_err("flush to disk", tmp))?;
     let (_, copied) = hash_file(tmp).map_err(io_err("read", tmp))?;

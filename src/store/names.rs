@@ -20,7 +20,7 @@ const MAX_FILE_NAME_BYTES: usize = 255;
 pub enum NameError {
     #[error("the name is empty; Home Assistant should never send an empty backup id")]
     Empty,
-    #[error("the name {0:?} refers to a directory (\".\" or \"..\"); refusing it as a file name")]
+    #[error("the name \"{}\" refers to a directory (\".\" or \"..\"); refusing it as a file name", .0.escape_debug())]
     DirectoryReference(String),
     #[error(
         "the name {shown} contains {what}, which is not allowed in a file name; refusing it \

@@ -288,15 +288,12 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 pub(crate) fn append_known_host(path: &Path, info: &HostKeyInfo) -> Result<(), TransferError> {
     let write = || -> std::io::Result<()> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
+            crate::private_fs::create_dir_all(parent)?;
         }
         let needs_newline = std::fs::read(path)
             .map(|b| !b.is_empty() && !b.ends_with(b"\n"))
             .unwrap_or(false);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let mut f = crate::private_fs::open_append(path)?;
         if needs_newline {
             f.write_all(b"\n")?;
         }

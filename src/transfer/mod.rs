@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
 
 pub use error::TransferError;
 pub use hostkey::{HostKeyInfo, HostKeyPolicy, TrustOutcome, trust_host_key};
@@ -97,6 +98,19 @@ impl PullOutcome {
     }
 }
 
+/// Sees every byte of a pulled file, in file order from offset 0, as the pull writes it (a resumed
+/// pull first re-feeds the prefix already on disk). A fresh observer is made for each attempt, so a
+/// retry never feeds one observer twice. It runs on the writer thread: it must not block for long.
+/// The transfer knows nothing of what the observer does with the bytes.
+pub trait ByteObserver: Send + 'static {
+    fn observe(&mut self, bytes: Bytes);
+}
+
+/// No observer.
+impl ByteObserver for () {
+    fn observe(&mut self, _bytes: Bytes) {}
+}
+
 /// Pulls `remote` from `target` into `local`, reconnecting and resuming after transient failures
 /// within `opts.retry_budget`. The identity is decrypted once, before the first attempt.
 ///
@@ -120,12 +134,27 @@ pub async fn pull_with(
     local: &Path,
     opts: &PullOptions,
 ) -> Result<PullOutcome, TransferError> {
+    pull_observed(target, identity, remote, local, opts, || ())
+        .await
+        .map(|(outcome, ())| outcome)
+}
+
+/// [`pull_with`], showing every byte to an observer made by `new_observer` for each attempt; returns
+/// the observer of the attempt that completed.
+pub async fn pull_observed<O: ByteObserver>(
+    target: &SshTarget,
+    identity: &Identity,
+    remote: &str,
+    local: &Path,
+    opts: &PullOptions,
+    new_observer: impl Fn() -> O + Sync,
+) -> Result<(PullOutcome, O), TransferError> {
     let started = Instant::now();
     let attempts = AtomicU32::new(0);
     let attempt = || async {
         attempts.fetch_add(1, Ordering::Relaxed);
         let session = Session::connect_with(target, identity, &opts.session).await?;
-        let result = pull::pull_once(&session, remote, local, opts).await;
+        let result = pull::pull_once(&session, remote, local, opts, new_observer()).await;
         session.close().await;
         result
     };
@@ -144,10 +173,10 @@ pub async fn pull_with(
         .await;
     let attempts = attempts.load(Ordering::Relaxed);
     match result {
-        Ok(mut outcome) => {
+        Ok((mut outcome, observer)) => {
             outcome.attempts = attempts;
             outcome.duration = started.elapsed();
-            Ok(outcome)
+            Ok((outcome, observer))
         }
         Err(e) if e.is_transient() && attempts > 1 => Err(TransferError::RetriesExhausted {
             attempts,

@@ -69,6 +69,14 @@ pub fn load_identity(
         path: path.to_path_buf(),
         reason,
     };
+    // As ssh does: a private key others may read is refused, not used.
+    if let Some(bits) = crate::private_fs::exposed_bits(path).filter(|b| *b != 0) {
+        return Err(identity_err(format!(
+            "the private key can be read or changed by its group or others (permission bits {bits:03o} beyond \
+             the owner's); ssh refuses such a key and so does hapull. Run `chmod 600 {}`",
+            path.display()
+        )));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| identity_err(e.to_string()))?;
     let parsed = PrivateKey::from_openssh(text.trim()).map_err(|e| {
         identity_err(format!(
@@ -595,7 +603,7 @@ impl Session {
         opts: &super::PullOptions,
     ) -> Result<super::PullOutcome, TransferError> {
         let started = std::time::Instant::now();
-        let mut outcome = super::pull::pull_once(self, remote, local, opts).await?;
+        let (mut outcome, ()) = super::pull::pull_once(self, remote, local, opts, ()).await?;
         outcome.duration = started.elapsed();
         Ok(outcome)
     }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use hapull::audit::tail::{Follower, TailFilter};
 use hapull::audit::{
-    self, AuditLog, AuditOptions, EventStatus, GENESIS_PREV, Issue, VerifyOptions, VerifyReport,
+    self, AuditLog, AuditOptions, EventStatus, GENESIS_PREV, Issue, Kind, VerifyOptions,
+    VerifyReport,
 };
 use hapull::cli::audit::{AuditCommand, TailArgs, VerifyArgs, run_with_output};
 use proptest::prelude::*;
@@ -38,13 +39,13 @@ async fn write_records(o: AuditOptions, n: u64) -> PathBuf {
     for i in 0..n {
         if i % 2 == 0 {
             log.step(
-                "pull.finished",
+                Kind::PullFinished,
                 json!({"backup_id": format!("b{i}"), "bytes": i * 1000}),
             )
             .await
             .unwrap();
         } else {
-            assert_eq!(log.event("ha.event", ha_event(i)), EventStatus::Queued);
+            assert_eq!(log.event(Kind::HaEvent, ha_event(i)), EventStatus::Queued);
         }
     }
     log.close().await.unwrap();
@@ -138,7 +139,7 @@ async fn concurrent_steps_get_distinct_durable_seqs() {
     for i in 0..20 {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
-            log.step("cycle.started", json!({"n": i})).await.unwrap()
+            log.step(Kind::CycleStarted, json!({"n": i})).await.unwrap()
         }));
     }
     let mut seqs = Vec::new();
@@ -153,10 +154,10 @@ async fn concurrent_steps_get_distinct_durable_seqs() {
     assert_eq!(read_lines(log.path()).len(), 20);
     log.close().await.unwrap();
     assert!(matches!(
-        log.step("cycle.started", json!({})).await,
+        log.step(Kind::CycleStarted, json!({})).await,
         Err(audit::AuditError::Closed { .. })
     ));
-    assert_eq!(log.event("ha.event", json!({})), EventStatus::Closed);
+    assert_eq!(log.event(Kind::HaEvent, json!({})), EventStatus::Closed);
 }
 
 #[tokio::test]
@@ -250,10 +251,10 @@ async fn rotation_by_age() {
     let mut o = opts(dir.path());
     o.max_age = Some(Duration::from_millis(5));
     let log = AuditLog::open(o).await.unwrap();
-    log.step("cycle.started", json!({})).await.unwrap();
+    log.step(Kind::CycleStarted, json!({})).await.unwrap();
     // Record times come from the clock, so the second record must be later than the age limit.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    log.step("cycle.started", json!({})).await.unwrap();
+    log.step(Kind::CycleStarted, json!({})).await.unwrap();
     log.close().await.unwrap();
     let files = audit::discover(log.path()).unwrap();
     assert_eq!(files.len(), 2, "{files:?}");
@@ -480,7 +481,7 @@ async fn torn_tail_is_kept_reported_and_recovered() {
     assert_eq!(torn.length, TORN.len() as u64);
     assert_eq!(torn.sha256, sha256_hex(TORN));
     assert!(!log.open_report().warnings.is_empty());
-    let seq = log.step("cycle.started", json!({})).await.unwrap();
+    let seq = log.step(Kind::CycleStarted, json!({})).await.unwrap();
     log.close().await.unwrap();
 
     let lines = read_lines(&path);
@@ -554,7 +555,7 @@ async fn torn_tail_with_newline_and_repeated_crash_are_recovered() {
 
     let log = AuditLog::open(opts(dir.path())).await.unwrap();
     assert!(log.open_report().torn.is_some());
-    log.step("cycle.started", json!({})).await.unwrap();
+    log.step(Kind::CycleStarted, json!({})).await.unwrap();
     log.close().await.unwrap();
     let report = audit::verify_path(&path, false).unwrap();
     assert!(report.is_intact(), "{report:?}");
@@ -593,7 +594,7 @@ async fn clean_shutdown_loses_no_batched_event() {
         producers.push(tokio::spawn(async move {
             for i in 0..2500u64 {
                 assert_eq!(
-                    log.event("ha.event", json!({"producer": p, "i": i})),
+                    log.event(Kind::HaEvent, json!({"producer": p, "i": i})),
                     EventStatus::Queued
                 );
             }
@@ -633,7 +634,7 @@ async fn events_become_durable_without_flush() {
     let mut o = opts(dir.path());
     o.batch_delay = Duration::from_millis(20);
     let log = AuditLog::open(o).await.unwrap();
-    assert_eq!(log.event("ha.event", ha_event(1)), EventStatus::Queued);
+    assert_eq!(log.event(Kind::HaEvent, ha_event(1)), EventStatus::Queued);
     // Only a guard against hanging forever; the writer's timer is what is being tested.
     let durable = tokio::time::timeout(Duration::from_secs(60), log.wait_durable(1))
         .await
@@ -651,9 +652,9 @@ async fn full_queue_counts_drops_and_records_them() {
     o.batch_delay = Duration::from_secs(3000);
     let log = AuditLog::open(o).await.unwrap();
     // On this single-threaded runtime the writer cannot run until we yield, so the queue stays full.
-    assert_eq!(log.event("ha.event", ha_event(0)), EventStatus::Queued);
+    assert_eq!(log.event(Kind::HaEvent, ha_event(0)), EventStatus::Queued);
     for i in 1..100 {
-        assert_eq!(log.event("ha.event", ha_event(i)), EventStatus::Dropped);
+        assert_eq!(log.event(Kind::HaEvent, ha_event(i)), EventStatus::Dropped);
     }
     log.close().await.unwrap();
     assert_eq!(log.stats().events_dropped, 99);
@@ -673,7 +674,7 @@ async fn follower_reads_across_rotation_without_gaps_or_repeats() {
     let mut follower = Follower::new(log.path());
     let mut seen = Vec::new();
     for i in 0..40u64 {
-        log.step("pull.finished", json!({"i": i})).await.unwrap();
+        log.step(Kind::PullFinished, json!({"i": i})).await.unwrap();
         if i % 3 == 0 {
             seen.extend(follower.poll().unwrap());
         }

@@ -591,6 +591,8 @@ fn the_state_file_survives_a_reopen() {
             last_success: Some(ts("2026-06-01T10:09:00Z")),
             started_at: Some(ts("2026-06-01T10:00:00Z")),
             last_failure: None,
+            retries: 0,
+            pending_retry: None,
         }
     );
     // No temporary files are left behind.

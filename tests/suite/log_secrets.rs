@@ -94,4 +94,21 @@ dir = "archives"
             );
         }
     }
+
+    // Dropping the library's frame records must not raise its level: the default shows no DEBUG.
+    let hapull = config.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_hapull"))
+            .arg("-c")
+            .arg(&hapull)
+            .arg("once")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("DEBUG"), "{stderr}");
 }

@@ -7,6 +7,7 @@
 mod support;
 
 mod audit;
+mod audit_recovery;
 mod completions;
 mod cycle;
 mod daemon;
@@ -18,8 +19,14 @@ mod hostile;
 mod hostkeys;
 mod init;
 mod log_secrets;
+mod one_writer;
+mod pull_verify;
+mod retry;
+mod retry_process;
+mod securetar_archives;
 mod sftp_server;
 mod sim;
 mod ssh_steps;
 mod store;
+mod store_partials;
 mod transfer;

@@ -608,3 +608,141 @@ fn s5b_store_disk_fills_during_the_pull() {
     );
     case.finish();
 }
+
+// ---- One writer per store, and audit damage that stays visible ----
+
+#[test]
+#[ignore = "needs real Home Assistant and the lab sshd: scripts/e2e-real"]
+fn s20_two_processes_on_one_store() {
+    e2e!();
+    let mut case = Case::new(
+        "20 two `hapull once` started together on one store",
+        "one commits; the other exits 75 at once naming the holder (pid, command, since) and does nothing; `audit verify` and `verify --all` pass",
+    );
+    let a = case.spawn(&["once"], "first");
+    let b = case.spawn(&["once"], "second");
+    let (a_pid, b_pid) = (a.id(), b.id());
+    let (a, b) = (case.collect(a, "first"), case.collect(b, "second"));
+    case.observe(format!("first: {}", a.verdict()));
+    case.observe(format!("second: {}", b.verdict()));
+    let outcome = match (a.code, b.code) {
+        (Some(0), Some(75)) => Some((b, a_pid)),
+        (Some(75), Some(0)) => Some((a, b_pid)),
+        _ => None,
+    };
+    case.check(
+        outcome.is_some(),
+        "exactly one run commits (exit 0) and the other is refused (exit 75)",
+    );
+    if let Some((refused, holder_pid)) = outcome {
+        let named = refused
+            .stderr
+            .contains(&format!("`hapull once` (pid {holder_pid}, since "));
+        case.check(
+            named,
+            format!(
+                "the refusal names the holder (pid {holder_pid}): {}",
+                refused.stderr.trim()
+            ),
+        );
+    }
+    let created = case.audit_records("backup.created").len();
+    case.check(
+        created == 1,
+        format!("one backup made in HA (audit: {created} backup.created)"),
+    );
+    let committed = case.committed();
+    case.check(
+        committed.len() == 1 && committed.iter().all(|(_, ok)| *ok),
+        format!("one verified archive in the store, got {committed:?}"),
+    );
+    let verify = case.hapull(&["verify", "--all"]);
+    case.check(verify.code == Some(0), "`hapull verify --all` passes");
+    let audit = case.hapull(&["audit", "verify"]);
+    case.observe(format!("audit verify: exit {:?}", audit.code));
+    case.check(
+        audit.code == Some(0),
+        format!("`hapull audit verify` passes: {}", audit.stdout.trim()),
+    );
+    case.finish();
+}
+
+#[test]
+#[ignore = "needs real Home Assistant and the lab sshd: scripts/e2e-real"]
+fn s21_audit_log_truncated_between_runs() {
+    e2e!();
+    let mut case = Case::new(
+        "21 audit log's last record cut off between two runs",
+        "the next run commits; `audit verify` names the lost record and exits 1 until `hapull audit ack`, then exits 0; no seq is reused",
+    );
+    let first = case.hapull(&["once"]);
+    case.observe(format!("first run: {}", first.verdict()));
+    case.check(first.code == Some(0), "the first cycle commits");
+    let log = std::fs::read(&case.audit).unwrap_or_default();
+    let cut = log
+        .len()
+        .checked_sub(1)
+        .and_then(|end| log[..end].iter().rposition(|&b| b == b'\n'))
+        .map(|i| i + 1);
+    case.check(cut.is_some(), "the audit log has at least two records");
+    let Some(cut) = cut else {
+        case.finish();
+        return;
+    };
+    let lost: Value = serde_json::from_slice(&log[cut..log.len() - 1]).unwrap_or_default();
+    let lost_seq = lost["seq"].as_u64().unwrap_or(0);
+    std::fs::write(&case.audit, &log[..cut]).unwrap();
+    case.observe(format!(
+        "cut record seq {lost_seq} ({}) at byte {cut}",
+        lost["kind"].as_str().unwrap_or("?")
+    ));
+    let second = case.hapull(&["once"]);
+    case.observe(format!("second run: {}", second.verdict()));
+    case.check(second.code == Some(0), "the second cycle commits");
+    let verify = case.hapull(&["audit", "verify"]);
+    let named = verify.stdout.contains(&format!(
+        "record seq {lost_seq} was lost from the end at byte offset {cut}"
+    ));
+    case.observe(format!(
+        "audit verify after the run: exit {:?}: {}",
+        verify.code,
+        verify
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("recovery recorded"))
+            .unwrap_or("no recovery listed")
+    ));
+    case.check(
+        verify.code == Some(1) && named,
+        format!(
+            "`audit verify` names the lost record and exits 1: {}",
+            verify.stdout.trim()
+        ),
+    );
+    let reused = std::fs::read_to_string(&case.audit)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|r| r["seq"].as_u64() == Some(lost_seq));
+    case.check(!reused, format!("seq {lost_seq} is not reused"));
+    let ack = case.hapull(&["audit", "ack", "--note", "e2e: cut on purpose"]);
+    case.check(
+        ack.code == Some(0),
+        format!("`audit ack` succeeds: {}", ack.verdict()),
+    );
+    let after = case.hapull(&["audit", "verify"]);
+    case.observe(format!("audit verify after ack: exit {:?}", after.code));
+    case.check(
+        after.code == Some(0) && after.stdout.contains("acknowledged at seq"),
+        format!(
+            "`audit verify` exits 0 and still shows the acknowledged recovery: {}",
+            after.stdout.trim()
+        ),
+    );
+    let committed = case.committed();
+    case.check(
+        committed.iter().filter(|(_, ok)| *ok).count() >= 2,
+        format!("both cycles' archives verified in the store, got {committed:?}"),
+    );
+    case.finish();
+}
