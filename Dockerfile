@@ -6,6 +6,9 @@
 #
 # The process runs as uid 10001: the host folders behind /config and /data must be writable by it
 # (`chown 10001:10001 config data`). See docs/SETUP.md and examples/compose.yaml.
+# rclone (Debian 12's, 1.60) is included for [[offsite]] targets: keep its config in the writable /data
+# (rclone saves refreshed OAuth tokens in it), e.g. `config = "/data/rclone.conf"`; `docker run --rm -it
+# -v "$PWD/data:/data" --entrypoint rclone hapull config --config /data/rclone.conf` makes one.
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src
@@ -26,7 +29,7 @@ RUN touch src/main.rs src/lib.rs \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates tzdata \
+    && apt-get install -y --no-install-recommends ca-certificates tzdata rclone \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 hapull \
     && useradd --system --uid 10001 --gid hapull --home-dir /data --shell /usr/sbin/nologin hapull \

@@ -20,8 +20,9 @@ use crate::audit::{AuditLog, AuditOptions, Kind};
 use crate::config::{BackupMode, Config, VerifyLevel, Via};
 use crate::cycle::{Context, CycleError, Report, Settings, Source};
 use crate::daemon::{
-    Clock, CycleReport, Metrics, Notifier, Outcome, PendingRetry, RetryAt, RetryOutcome,
-    RetryPolicy, RunReason, Schedule, Scheduler, StateFile, StatusServer, Tick, retry_until,
+    Clock, CycleReport, Metrics, Notifier, OffsiteValues, Outcome, PendingRetry, RetryAt,
+    RetryOutcome, RetryPolicy, RunReason, Schedule, Scheduler, StateFile, StatusServer, Tick,
+    retry_until,
 };
 use crate::ha::{Client, ClientOptions, ConnectionState, HaError, SubItem};
 use crate::store::{RetentionPolicy, Store};
@@ -222,6 +223,15 @@ pub fn settings(cfg: &Config, progress: bool) -> Result<Settings, ServiceError> 
     })
 }
 
+/// The `[[offsite]]` targets, ready to run.
+pub fn offsite_targets(cfg: &Config) -> Vec<crate::offsite::Target> {
+    cfg.offsite
+        .iter()
+        .cloned()
+        .map(crate::offsite::Target::new)
+        .collect()
+}
+
 /// The cycle's context over an already connected client.
 pub async fn context(
     cfg: &Config,
@@ -235,6 +245,7 @@ pub async fn context(
         store: Arc::new(open_store(cfg)?),
         audit,
         settings: settings(cfg, progress)?,
+        offsite: offsite_targets(cfg),
     })
 }
 
@@ -343,6 +354,7 @@ pub async fn run(
         }
     }
     let ctx = context(&cfg, client.clone(), audit.clone(), false).await?;
+    offsite_metrics_at_start(&ctx, &metrics).await;
     let mut scheduler = Scheduler::new(schedule, clock.clone(), state.clone())
         .with_jitter(cfg.schedule.jitter)
         .with_run_on_start(cfg.schedule.run_on_start);
@@ -413,6 +425,29 @@ pub async fn run(
     }
     close_audit(&audit).await;
     Ok(())
+}
+
+/// The offsite gauges from the ledgers, so a restarted daemon does not report "never" until the
+/// next cycle.
+async fn offsite_metrics_at_start(ctx: &Context, metrics: &Metrics) {
+    for t in &ctx.offsite {
+        let (store, target, tz) = (ctx.store.clone(), t.clone(), ctx.settings.timezone.clone());
+        let status = tokio::task::spawn_blocking(move || target.local_status(&store, &tz)).await;
+        match status {
+            Ok(Ok((ledger, lag_archives, lag_bytes))) => metrics.set_offsite(
+                t.name(),
+                OffsiteValues {
+                    last_success: ledger.last_success_at(),
+                    lag_archives,
+                    lag_bytes,
+                    failures: 0,
+                },
+                false,
+            ),
+            Ok(Err(e)) => warn!(target = %t.name(), error = %e, "cannot read the offsite ledger"),
+            Err(e) => warn!(error = %e, "offsite status task failed"),
+        }
+    }
 }
 
 async fn close_audit(audit: &Option<AuditLog>) {
@@ -510,6 +545,24 @@ impl CycleJob {
                     r.archive.manifest.verified == Some(crate::store::Level::Full),
                     r.archive.manifest.protected,
                 );
+                for o in &r.offsite {
+                    self.metrics.set_offsite(
+                        &o.name,
+                        OffsiteValues {
+                            last_success: o.last_success,
+                            lag_archives: o.lag_archives,
+                            lag_bytes: o.lag_bytes,
+                            failures: 0,
+                        },
+                        !o.ok(),
+                    );
+                    if !o.ok() {
+                        let errors: Vec<&str> =
+                            o.failures.iter().map(|(_, e)| e.as_str()).collect();
+                        self.notify_offsite_failure(&o.name, &errors.join("; "))
+                            .await;
+                    }
+                }
                 Ok((r, duration))
             }
             Err(e) => {
@@ -564,6 +617,38 @@ impl CycleJob {
         }
         if let Err(e) = self.notifier.success(&body).await {
             warn!(error = %e, "success webhook failed");
+        }
+    }
+
+    /// An offsite copy failed (`on_failure = "alert"`): the archive is safe locally, the second copy
+    /// is missing. Said in Home Assistant and on the failure webhook.
+    async fn notify_offsite_failure(&self, target: &str, error: &str) {
+        let body =
+            json!({"offsite_target": target, "error": error, "time": Timestamp::now().to_string()});
+        if self.notify_ha {
+            let _ = self
+                .ctx
+                .client
+                .fire_event("hapull_offsite_failed", body.clone())
+                .await;
+            let note = json!({"title": "hapull: offsite copy missing", "message": format!("The archive is committed locally, but the offsite copy to {target} failed: {error}"), "notification_id": format!("hapull_offsite_failed_{target}")});
+            if let Err(e) = self
+                .ctx
+                .client
+                .call_service(
+                    "persistent_notification",
+                    "create",
+                    note,
+                    false,
+                    Duration::from_secs(30),
+                )
+                .await
+            {
+                warn!(error = %e, "cannot create a persistent notification in Home Assistant");
+            }
+        }
+        if let Err(e) = self.notifier.failure(&body).await {
+            warn!(error = %e, "failure webhook failed");
         }
     }
 

@@ -50,6 +50,18 @@ in
       description = "The hapull package to use.";
     };
 
+    rclonePackage = lib.mkOption {
+      type = lib.types.nullOr lib.types.package;
+      default = pkgs.rclone;
+      defaultText = lib.literalExpression "pkgs.rclone";
+      description = ''
+        rclone, for [[offsite]] targets: put on the service's PATH (hapull runs `rclone` unless a
+        target sets `rclone = "/path"`). Keep rclone's own config (it may hold tokens) out of the Nix
+        store, e.g. settings.offsite = [ { remote = "b2:bucket/ha"; config = "/var/lib/hapull/rclone.conf"; } ].
+        null: no rclone.
+      '';
+    };
+
     settings = lib.mkOption {
       type = format.type;
       default = { };
@@ -94,7 +106,7 @@ in
 
   config = lib.mkIf cfg.enable {
     environment.etc."hapull/hapull.toml".source = configFile;
-    environment.systemPackages = [ cfg.package ];
+    environment.systemPackages = [ cfg.package ] ++ lib.optional (cfg.rclonePackage != null) cfg.rclonePackage;
 
     users.users = lib.mkIf (cfg.user == "hapull") {
       hapull = {
@@ -111,6 +123,7 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
       restartTriggers = [ configFile ];
+      path = lib.optional (cfg.rclonePackage != null) cfg.rclonePackage;
 
       serviceConfig = {
         Type = "exec";

@@ -90,6 +90,14 @@ pub enum Kind {
     HaDeleted,
     /// An archive was removed from the store by retention.
     StorePruned,
+    /// An archive and its manifest were copied to an offsite target and proven there (`data.proof`).
+    OffsiteProven,
+    /// An offsite copy failed or did not match; it is not counted.
+    OffsiteFailed,
+    /// Offsite retention deleted a copy hapull had uploaded.
+    OffsiteDeleted,
+    /// The offsite storage refused a deletion (a write-only target); recorded once per copy.
+    OffsiteDeleteRefused,
     /// A Home Assistant bus event chosen in `[audit] record_events`.
     HaEvent,
     /// Events of a recorded type may have been missed (reconnect, lag).
@@ -129,6 +137,10 @@ impl Kind {
         Kind::VerifyFailed,
         Kind::HaDeleted,
         Kind::StorePruned,
+        Kind::OffsiteProven,
+        Kind::OffsiteFailed,
+        Kind::OffsiteDeleted,
+        Kind::OffsiteDeleteRefused,
         Kind::HaEvent,
         Kind::HaEventsGap,
         Kind::HaConnection,
@@ -159,6 +171,10 @@ impl Kind {
             Kind::VerifyFailed => "verify.failed",
             Kind::HaDeleted => "ha.deleted",
             Kind::StorePruned => "store.pruned",
+            Kind::OffsiteProven => "offsite.proven",
+            Kind::OffsiteFailed => "offsite.failed",
+            Kind::OffsiteDeleted => "offsite.deleted",
+            Kind::OffsiteDeleteRefused => "offsite.delete_refused",
             Kind::HaEvent => "ha.event",
             Kind::HaEventsGap => "ha.events_gap",
             Kind::HaConnection => "ha.connection",

@@ -63,6 +63,7 @@ pub async fn run(global: &Global, _args: CheckArgs) -> anyhow::Result<ExitCode> 
     check_ssh(&cfg, &mut report).await;
     check_store(&cfg, &mut report);
     check_verification(&cfg, &mut report);
+    check_offsite(&cfg, &mut report).await;
     if report.failed() {
         println!("not ready: fix the FAIL lines above");
         Ok(ExitCode::from(EXIT_FAILED))
@@ -275,7 +276,7 @@ async fn check_ssh(cfg: &Config, report: &mut Report) {
         return;
     }
     let Some(ssh) = &cfg.ssh else {
-        report.add(Level::Fail, "ssh", "no [ssh] section: hapull cannot pull archives over SFTP; add [ssh], or set [transfer] via = \"http\" to download through Home Assistant itself");
+        report.add(Level::Warn, "ssh", "no [ssh] section: hapull cannot pull archives over SFTP (check, events and list --remote still work); add [ssh], or set [transfer] via = \"http\" to download through Home Assistant itself");
         return;
     };
     let target = match crate::service::ssh_target(cfg) {
@@ -397,5 +398,21 @@ fn check_store(cfg: &Config, report: &mut Report) {
         ),
         Ok(None) => {}
         Err(e) => report.add(Level::Warn, "store lock", e.to_string()),
+    }
+}
+
+/// Each `[[offsite]]` target: rclone, the remote (reachable, writable, its hash), the proof hapull
+/// will use, and whether deletions are allowed (a test file is uploaded, proven and deleted).
+async fn check_offsite(cfg: &Config, report: &mut Report) {
+    for target in crate::service::offsite_targets(cfg) {
+        let what = format!("offsite {}", target.name());
+        for (level, text) in target.check().await {
+            let level = match level {
+                crate::offsite::CheckLevel::Ok => Level::Ok,
+                crate::offsite::CheckLevel::Warn => Level::Warn,
+                crate::offsite::CheckLevel::Fail => Level::Fail,
+            };
+            report.add(level, &what, text);
+        }
     }
 }

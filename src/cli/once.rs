@@ -54,13 +54,53 @@ async fn finish(
             for id in &r.pruned {
                 println!("pruned from the store: {id}");
             }
+            let mut offsite_failed = false;
+            for o in &r.offsite {
+                for p in &o.uploaded {
+                    println!(
+                        "offsite {}: {} copied and proven ({})",
+                        o.name, p.relative_path, p.proof
+                    );
+                }
+                for id in &o.deleted {
+                    println!("offsite {}: {id} deleted by its retention", o.name);
+                }
+                for id in &o.refused {
+                    println!(
+                        "offsite {}: the storage refused to delete {id} (write-only target); it stays",
+                        o.name
+                    );
+                }
+                if let Some(why) = &o.retention_waits {
+                    println!("offsite {}: {why}", o.name);
+                }
+                for (id, e) in &o.failures {
+                    offsite_failed = true;
+                    match id {
+                        Some(id) => eprintln!("hapull: offsite {}: {id} NOT copied: {e}", o.name),
+                        None => eprintln!("hapull: offsite {}: {e}", o.name),
+                    }
+                }
+                if o.ok() && o.lag_archives == 0 {
+                    println!(
+                        "offsite {}: up to date (proof: {})",
+                        o.name,
+                        o.proof.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            if offsite_failed {
+                eprintln!(
+                    "hapull: the archive is committed locally; the offsite copy is missing (next cycle retries)"
+                );
+            }
             Ok(ExitCode::from(EXIT_OK))
         }
         Err(e) => {
             use crate::cycle::Step;
             match e.step() {
                 // These run only after the commit: the archive is safe, the tidy-up is not done.
-                Some(Step::CleanUpHa | Step::Retention) => {
+                Some(Step::CleanUpHa | Step::Retention | Step::Offsite) => {
                     eprintln!("hapull: archive committed, but {e}")
                 }
                 _ => eprintln!("hapull: backup not committed: {e}"),

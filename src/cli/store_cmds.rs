@@ -11,8 +11,12 @@ use super::{EXIT_FAILED, EXIT_OK, Global};
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// List Home Assistant's backups instead of the local store.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "offsite")]
     pub remote: bool,
+    /// Local archives beside their copies on each [[offsite]] target (what hapull proved there, and
+    /// what the remote holds now).
+    #[arg(long)]
+    pub offsite: bool,
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -72,6 +76,9 @@ pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
             }
         }
         return Ok(ExitCode::from(EXIT_OK));
+    }
+    if args.offsite {
+        return list_offsite(&cfg, args.json).await;
     }
     let store = crate::service::open_store_read_only(&cfg)?;
     let listing = tokio::task::spawn_blocking(move || store.scan()).await??;
@@ -217,4 +224,118 @@ pub async fn prune(global: &Global, args: PruneArgs) -> anyhow::Result<ExitCode>
         a.close().await?;
     }
     Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `hapull list --offsite`: every archive known locally or on a target, and where it is.
+async fn list_offsite(cfg: &crate::config::Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    let targets = crate::service::offsite_targets(cfg);
+    if targets.is_empty() {
+        anyhow::bail!(
+            "{}: no [[offsite]] target is configured; see config/hapull.example.toml",
+            cfg.path.display()
+        );
+    }
+    let store = std::sync::Arc::new(crate::service::open_store_read_only(cfg)?);
+    let s = store.clone();
+    let local = tokio::task::spawn_blocking(move || s.list()).await??;
+    let mut failed = false;
+    let mut out = Vec::new();
+    for t in &targets {
+        let ledger = t.ledger(&store)?;
+        let remote = match t.remote_files().await {
+            Ok(files) => Some(files),
+            Err(e) => {
+                eprintln!(
+                    "hapull: offsite {}: cannot list {}: {e}",
+                    t.name(),
+                    t.shown_remote()
+                );
+                failed = true;
+                None
+            }
+        };
+        let on_remote = |rel: &str| {
+            remote
+                .as_ref()
+                .map(|files| files.iter().any(|f| f.path == rel))
+        };
+        // Every archive: local ones, then those only the target still has.
+        let mut rows: Vec<serde_json::Value> = Vec::new();
+        for a in &local {
+            let copy = ledger.find(&a.manifest.backup_id, &a.manifest.sha256);
+            rows.push(json!({
+                "backup_id": a.manifest.backup_id,
+                "path": a.relative_path,
+                "size": a.manifest.size,
+                "pulled_at": a.manifest.pulled_at.to_string(),
+                "local": true,
+                "proven": copy.map(|c| json!({"proof": c.proof, "value": c.proof_value, "at": c.proven_at})),
+                "on_remote": on_remote(&a.relative_path),
+            }));
+        }
+        for c in &ledger.copies {
+            if local.iter().any(|a| a.relative_path == c.relative_path) {
+                continue;
+            }
+            rows.push(json!({
+                "backup_id": c.manifest.backup_id,
+                "path": c.relative_path,
+                "size": c.manifest.size,
+                "pulled_at": c.manifest.pulled_at.to_string(),
+                "local": false,
+                "proven": json!({"proof": c.proof, "value": c.proof_value, "at": c.proven_at}),
+                "on_remote": on_remote(&c.relative_path),
+                "delete_refused_at": c.delete_refused_at,
+            }));
+        }
+        rows.sort_by(|a, b| b["pulled_at"].as_str().cmp(&a["pulled_at"].as_str()));
+        for r in &rows {
+            if r["proven"].is_object() && r["on_remote"] == json!(false) {
+                // hapull proved this copy once; it is gone now (deleted behind hapull's back?).
+                failed = true;
+                eprintln!(
+                    "hapull: offsite {}: {} was proven there but is no longer on the remote",
+                    t.name(),
+                    r["path"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        if !as_json {
+            println!("offsite {} ({}):", t.name(), t.shown_remote());
+            println!(
+                "  {:<10} {:<6} {:<22} {:>12}  PATH",
+                "ID", "LOCAL", "OFFSITE", "SIZE"
+            );
+            for r in &rows {
+                let proven = r["proven"]["proof"].as_str();
+                let present = r["on_remote"].as_bool();
+                let offsite = match (proven, present) {
+                    (Some(p), Some(true) | None) => format!("proven ({p})"),
+                    (Some(_), Some(false)) => "GONE from remote".to_string(),
+                    (None, Some(true)) => "unproven copy".to_string(),
+                    (None, _) => "missing".to_string(),
+                };
+                println!(
+                    "  {:<10} {:<6} {:<22} {:>12}  {}",
+                    r["backup_id"].as_str().unwrap_or_default(),
+                    if r["local"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    offsite,
+                    r["size"],
+                    r["path"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        out.push(json!({"target": t.name(), "remote": t.shown_remote(), "last_success": ledger.last_success, "archives": rows}));
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"offsite": out}))?
+        );
+    }
+    Ok(ExitCode::from(if failed { EXIT_FAILED } else { EXIT_OK }))
 }

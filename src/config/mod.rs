@@ -93,6 +93,8 @@ pub struct Config {
     pub audit: Option<Audit>,
     pub notify: Notify,
     pub status: Status,
+    /// `[[offsite]]` targets, in file order.
+    pub offsite: Vec<crate::offsite::TargetConfig>,
 }
 
 /// How archives come from Home Assistant to this machine.
@@ -337,6 +339,25 @@ pub fn validate(
     let audit = raw.audit.map(|a| v.audit(a)).transpose()?;
     let notify = v.notify(raw.notify.unwrap_or_default())?;
     let status = v.status(raw.status.unwrap_or_default())?;
+    let store_retention = store.as_ref().map(|s| s.retention).unwrap_or_default();
+    let mut offsite = Vec::new();
+    for o in raw.offsite.unwrap_or_default() {
+        let t = v.offsite(o, store_retention)?;
+        if offsite
+            .iter()
+            .any(|x: &crate::offsite::TargetConfig| x.name == t.name)
+        {
+            return Err(v.err(
+                "offsite",
+                "name",
+                format!(
+                    "two [[offsite]] targets are named {:?}; give each its own `name`",
+                    t.name
+                ),
+            ));
+        }
+        offsite.push(t);
+    }
     if v.inline_secret
         && let Some(mode) = file_mode
         && mode & 0o077 != 0
@@ -360,6 +381,7 @@ pub fn validate(
             audit,
             notify,
             status,
+            offsite,
         },
         warnings: v.warnings,
     })
@@ -919,6 +941,105 @@ impl Validator<'_> {
         Ok(Status {
             listen,
             max_age: self.duration(S, "max_age", r.max_age.as_deref().unwrap_or("3h"))?,
+        })
+    }
+}
+
+impl Validator<'_> {
+    fn offsite(
+        &mut self,
+        r: raw::Offsite,
+        store: Retention,
+    ) -> Result<crate::offsite::TargetConfig, ConfigError> {
+        const S: &str = "offsite";
+        let remote = r.remote.ok_or_else(|| {
+            self.err(
+                S,
+                "remote",
+                "is required: an rclone remote and path, e.g. \"b2:home-backups/ha\" (see `rclone config`)",
+            )
+        })?;
+        if remote.trim().is_empty() || remote.contains(['\n', '\r']) {
+            return Err(self.err(S, "remote", format!("{remote:?} is not an rclone remote")));
+        }
+        let name = r
+            .name
+            .unwrap_or_else(|| crate::offsite::default_name(&remote));
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || name.starts_with('.')
+        {
+            return Err(self.err(
+                S,
+                "name",
+                format!("{name:?}: use letters, digits, '-', '_' and '.' (at most 64)"),
+            ));
+        }
+        // A bare program name is looked up on PATH when run; a path is relative to the config file.
+        let rclone = match r.rclone {
+            Some(p) if p.contains('/') => self.resolve(&p),
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from("rclone"),
+        };
+        let rclone_config = r
+            .config
+            .map(|p| self.readable_file(S, "config", &p))
+            .transpose()?;
+        let any_keep = [
+            r.keep_last,
+            r.keep_hourly,
+            r.keep_daily,
+            r.keep_weekly,
+            r.keep_monthly,
+            r.keep_yearly,
+        ]
+        .iter()
+        .any(Option::is_some);
+        // Without keep_* of its own a target keeps what the local store keeps.
+        let retention = if any_keep {
+            Retention {
+                keep_last: r.keep_last.unwrap_or(0),
+                keep_hourly: r.keep_hourly.unwrap_or(0),
+                keep_daily: r.keep_daily.unwrap_or(0),
+                keep_weekly: r.keep_weekly.unwrap_or(0),
+                keep_monthly: r.keep_monthly.unwrap_or(0),
+                keep_yearly: r.keep_yearly.unwrap_or(0),
+            }
+        } else {
+            store
+        };
+        let bandwidth_limit = r
+            .bandwidth_limit
+            .map(|s| parse_size(&s).map_err(|e| self.err(S, "bandwidth_limit", e)))
+            .transpose()?;
+        let timeout = self.duration(S, "timeout", r.timeout.as_deref().unwrap_or("6h"))?;
+        if timeout < Duration::from_secs(1) {
+            return Err(self.err(S, "timeout", "must be at least 1s"));
+        }
+        let fail_cycle = match r.on_failure.as_deref().unwrap_or("alert") {
+            "alert" => false,
+            "fail_cycle" => true,
+            other => {
+                return Err(self.err(
+                    S,
+                    "on_failure",
+                    format!("{other:?}: use \"alert\" (report and notify, the cycle still succeeds) or \"fail_cycle\""),
+                ));
+            }
+        };
+        Ok(crate::offsite::TargetConfig {
+            name,
+            remote,
+            rclone,
+            rclone_config,
+            retention,
+            bandwidth_limit,
+            timeout,
+            fail_cycle,
+            download_back: r.download_back.unwrap_or(false),
         })
     }
 }

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub audit: Option<Audit>,
     pub notify: Option<Notify>,
     pub status: Option<Status>,
+    pub offsite: Option<Vec<Offsite>>,
 }
 
 impl RawConfig {
@@ -240,4 +241,23 @@ pub struct Notify {
 pub struct Status {
     pub listen: Option<String>,
     pub max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offsite {
+    pub name: Option<String>,
+    pub remote: Option<String>,
+    pub rclone: Option<String>,
+    pub config: Option<String>,
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    pub bandwidth_limit: Option<String>,
+    pub timeout: Option<String>,
+    pub on_failure: Option<String>,
+    pub download_back: Option<bool>,
 }

@@ -218,6 +218,8 @@ fn the_example_config_is_valid_and_complete() {
             let t = l.trim_start();
             match t.strip_prefix("# ") {
                 Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest.to_string(),
+                // A commented-out table (`# [[offsite]]`): its keys belong to it.
+                Some(rest) if rest.starts_with("[[") => rest.to_string(),
                 _ => l.to_string(),
             }
         })
@@ -228,6 +230,52 @@ fn the_example_config_is_valid_and_complete() {
     // must still be known to the parser.
     let err = RawConfig::parse(&uncommented).err().unwrap_or_default();
     assert!(!err.contains("unknown field"), "{err}");
+}
+
+#[test]
+fn offsite_targets_default_to_the_stores_retention_and_name_their_mistakes() {
+    let base = "[home_assistant]\nurl = \"http://ha:8123\"\ntoken = \"t\"\n[store]\ndir = \"/tmp/x\"\nkeep_last = 5\n";
+    let load = |extra: &str| {
+        let raw = RawConfig::parse(&format!("{base}{extra}")).unwrap();
+        validate(raw, Path::new("/etc/hapull/hapull.toml"), None, &|_| None)
+    };
+    let cfg = load("[[offsite]]\nremote = \"b2:bucket/ha\"\n")
+        .unwrap()
+        .config;
+    assert_eq!(cfg.offsite.len(), 1);
+    let t = &cfg.offsite[0];
+    assert_eq!(t.name, "b2_bucket_ha");
+    assert_eq!(t.retention.keep_last, 5, "as the store");
+    assert!(!t.fail_cycle);
+    assert_eq!(t.rclone, Path::new("rclone"));
+    let own = load("[[offsite]]\nremote = \"b2:b\"\nkeep_daily = 30\non_failure = \"fail_cycle\"\nbandwidth_limit = \"1MiB\"\n")
+        .unwrap()
+        .config;
+    assert_eq!(own.offsite[0].retention.keep_daily, 30);
+    assert_eq!(
+        own.offsite[0].retention.keep_last, 0,
+        "its own rules replace the store's"
+    );
+    assert!(own.offsite[0].fail_cycle);
+    assert_eq!(own.offsite[0].bandwidth_limit, Some(1 << 20));
+    let err = load("[[offsite]]\nname = \"x\"\n").unwrap_err().to_string();
+    assert!(
+        err.contains("[offsite] remote") && err.contains("rclone config"),
+        "{err}"
+    );
+    let err = load("[[offsite]]\nremote = \"a:\"\non_failure = \"panic\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("on_failure") && err.contains("fail_cycle"),
+        "{err}"
+    );
+    let err = load(
+        "[[offsite]]\nremote = \"a:\"\nname = \"s\"\n[[offsite]]\nremote = \"b:\"\nname = \"s\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("two [[offsite]] targets"), "{err}");
 }
 
 const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.s3cr3t-token-body";

@@ -1,7 +1,7 @@
 //! One backup cycle, as an explicit sequence of named steps:
 //!
 //! ```text
-//! Connect -> Create -> Await -> Locate -> Pull -> Commit -> CatchUp -> CleanUpHa -> Retention
+//! Connect -> Create -> Await -> Locate -> Pull -> Commit -> CatchUp -> CleanUpHa -> Retention -> Offsite
 //! ```
 //!
 //! [`Context::run_cycle`] shows that sequence in one function; each step lives in the file named after
@@ -29,6 +29,7 @@ mod cleanup;
 mod connect;
 mod create;
 mod locate;
+mod offsite;
 mod save;
 mod service_mode;
 mod waiting;
@@ -60,6 +61,7 @@ pub enum Step {
     CatchUp,
     CleanUpHa,
     Retention,
+    Offsite,
 }
 
 impl Step {
@@ -74,6 +76,7 @@ impl Step {
             Step::CatchUp => "catch_up",
             Step::CleanUpHa => "cleanup_ha",
             Step::Retention => "retention",
+            Step::Offsite => "offsite",
         }
     }
 }
@@ -228,6 +231,8 @@ pub struct Context {
     pub store: Arc<Store>,
     pub audit: Option<AuditLog>,
     pub settings: Settings,
+    /// `[[offsite]]` targets (none: no offsite step).
+    pub offsite: Vec<crate::offsite::Target>,
 }
 
 /// What a committed cycle produced.
@@ -240,6 +245,8 @@ pub struct Report {
     pub pruned: Vec<String>,
     pub duration: Duration,
     pub api: BackupApi,
+    /// One report per offsite target.
+    pub offsite: Vec<crate::offsite::TargetReport>,
 }
 
 /// A backup in Home Assistant the cycle works on, and what HA said about it.
@@ -333,6 +340,7 @@ impl Context {
             .instrument(info_span!("cleanup_ha"))
             .await?;
         let pruned = self.retention().instrument(info_span!("retention")).await?;
+        let offsite = self.offsite().await?;
         Ok(Report {
             backup_id: made.backup_id,
             archive,
@@ -341,6 +349,7 @@ impl Context {
             pruned,
             duration: started.elapsed(),
             api,
+            offsite,
         })
     }
 

@@ -63,6 +63,19 @@ struct Values {
     ha_connected: bool,
     retries: u64,
     next_retry: Option<Timestamp>,
+    offsite: std::collections::BTreeMap<String, OffsiteValues>,
+}
+
+/// One offsite target's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OffsiteValues {
+    /// When a run last left nothing missing on the target.
+    pub last_success: Option<Timestamp>,
+    /// Archives (and their bytes) the target's rules keep that have no proven copy there yet.
+    pub lag_archives: u64,
+    pub lag_bytes: u64,
+    /// Runs that reported a failure.
+    pub failures: u64,
 }
 
 /// A snapshot of the recorded values.
@@ -154,6 +167,19 @@ impl Metrics {
     /// A due run was skipped because a cycle was still running.
     pub fn cycle_skipped(&self) {
         self.lock().skipped += 1;
+    }
+
+    /// The state of offsite target `name` after a run (`failed`: the run reported a failure).
+    pub fn set_offsite(&self, name: &str, state: OffsiteValues, failed: bool) {
+        let mut v = self.lock();
+        let entry = v.offsite.entry(name.to_string()).or_default();
+        let failures = entry.failures + u64::from(failed);
+        let last_success = state.last_success.or(entry.last_success);
+        *entry = OffsiteValues {
+            last_success,
+            failures,
+            ..state
+        };
     }
 
     /// Whether the connection to Home Assistant is up.
@@ -275,6 +301,47 @@ impl Metrics {
             "# HELP hapull_pulled_bytes_total Bytes pulled from Home Assistant.\n# TYPE hapull_pulled_bytes_total counter\nhapull_pulled_bytes_total {}\n",
             v.pulled_bytes
         );
+        if !v.offsite.is_empty() {
+            for (name, help) in [
+                (
+                    "hapull_offsite_last_success_timestamp_seconds",
+                    "When an offsite target last held a proven copy of everything its rules keep, as a Unix timestamp (0: never).",
+                ),
+                (
+                    "hapull_offsite_lag_archives",
+                    "Archives an offsite target's rules keep that have no proven copy there yet.",
+                ),
+                (
+                    "hapull_offsite_lag_bytes",
+                    "Bytes of the archives not yet proven on an offsite target.",
+                ),
+                (
+                    "hapull_offsite_failures_total",
+                    "Offsite runs that reported a failure.",
+                ),
+            ] {
+                let kind = if name.ends_with("_total") {
+                    "counter"
+                } else {
+                    "gauge"
+                };
+                let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+                for (target, o) in &v.offsite {
+                    let value = match name {
+                        "hapull_offsite_last_success_timestamp_seconds" => ts(o.last_success),
+                        "hapull_offsite_lag_archives" => o.lag_archives as f64,
+                        "hapull_offsite_lag_bytes" => o.lag_bytes as f64,
+                        _ => o.failures as f64,
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{name}{{target=\"{}\"}} {}",
+                        escape_label(target),
+                        fmt_f64(value)
+                    );
+                }
+            }
+        }
         let _ = write!(
             out,
             "# HELP hapull_build_info Build information; the value is always 1.\n# TYPE hapull_build_info gauge\nhapull_build_info{{version=\"{}\"}} 1\n",

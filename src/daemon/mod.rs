@@ -66,7 +66,7 @@ pub mod state;
 pub mod status;
 
 pub use clock::Clock;
-pub use metrics::{CycleReport, Metrics, Outcome};
+pub use metrics::{CycleReport, Metrics, OffsiteValues, Outcome};
 pub use notify::{Method, Notifier, NotifyError, WebhookClient, WebhookUrl};
 pub use retry::{PendingRetry, RetryOutcome, RetryPolicy, retry_until};
 pub use schedule::{Schedule, ScheduleError};

@@ -62,7 +62,7 @@ pub use retention::{Decision, RetentionPolicy, plan};
 pub use securetar::{Keys, SecureTarError};
 pub use stream_verify::StreamVerifier;
 
-use archive::hash_file;
+pub(crate) use archive::hash_file;
 
 /// Name of the checksum file at the store root.
 pub const SUMS_FILE: &str = "SHA256SUMS";

@@ -214,6 +214,7 @@ async fn context(client: Client, ssh: SshTarget, store: &Path, remote_dir: &Path
             timezone: jiff::tz::TimeZone::UTC,
             pull,
         },
+        offsite: Vec::new(),
     }
 }
 

@@ -111,6 +111,7 @@ async fn context(rig: &Rig, keep_on_ha: u32) -> Context {
             timezone: jiff::tz::TimeZone::UTC,
             pull,
         },
+        offsite: Vec::new(),
     }
 }
 

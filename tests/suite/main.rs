@@ -8,6 +8,7 @@ mod support;
 
 mod audit;
 mod audit_recovery;
+mod commands;
 mod completions;
 mod cycle;
 mod daemon;
@@ -19,6 +20,7 @@ mod hostkeys;
 mod init;
 mod installs;
 mod log_secrets;
+mod offsite;
 mod one_writer;
 mod pull_verify;
 mod retry;
