@@ -3,6 +3,10 @@
 //! config file for them, and runs full cycles through the same code as `hapull once` (client, transfer
 //! engine, store, audit log). No network, no root, no configuration; the folder is kept so the results
 //! can be inspected (`hapull -c <folder>/hapull.toml list`, `... audit verify`).
+//!
+//! `--supervisor` imitates Home Assistant OS / Supervised (agent `hassio.local`, Supervisor job ids,
+//! an add-on update's backup that must stay untouched); `--http` fetches archives through Home
+//! Assistant's own download instead of SFTP (no SFTP server, no `[ssh]`).
 
 use std::io::Write;
 use std::path::Path;
@@ -17,7 +21,7 @@ use russh::keys::{Algorithm, PrivateKey};
 use hapull::cli::{EXIT_FAILED, EXIT_OK};
 use hapull::service;
 use hapull_sim::sftp_server::{SftpServer, SftpServerOptions};
-use hapull_sim::{Sim, SimOptions};
+use hapull_sim::{Sim, SimOptions, SimVersion};
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = match args.dir {
@@ -47,6 +51,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )?;
 
     let mut sim_opts = SimOptions::new(&ha_backups);
+    if args.supervisor {
+        sim_opts.version = SimVersion::Supervisor;
+    }
     sim_opts.payload_bytes = args.size_mib << 20;
     sim_opts.stage_duration = Duration::from_millis(600);
     let token = sim_opts.token.clone();
@@ -54,31 +61,56 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("starting the simulated Home Assistant")?;
     say(&format!(
-        "simulated Home Assistant {} at {}",
-        hapull_sim::SimVersion::Current.ha_version(),
+        "simulated Home Assistant {}{} at {}",
+        SimVersion::Current.ha_version(),
+        if args.supervisor {
+            " on Home Assistant OS (Supervisor, agent hassio.local)"
+        } else {
+            ""
+        },
         sim.url()
     ));
+    let addon_backup = if args.supervisor {
+        let id = (sim.control())
+            .add_foreign_backup("addon_core_ssh_9.15.0")
+            .context("writing an add-on update's backup")?;
+        say(&format!(
+            "an add-on update's backup {id} is already in Home Assistant; hapull must leave it alone"
+        ));
+        Some(id)
+    } else {
+        None
+    };
 
-    let sftp = SftpServer::start(SftpServerOptions::new(
-        &ha_backups,
-        "backup",
-        key.public_key().clone(),
-    ))
-    .await
-    .context("starting the embedded SFTP server")?;
-    say(&format!(
-        "read-only SFTP server for user backup at {} (host key {})",
-        sftp.addr(),
-        sftp.host_key_fingerprint()
-    ));
-    std::fs::write(
-        dir.join("known_hosts"),
-        format!("{}\n", sftp.known_hosts_line()),
-    )?;
+    let sftp = if args.http {
+        say("archives come through Home Assistant's own download (/api/backup/download); no SSH");
+        None
+    } else {
+        let sftp = SftpServer::start(SftpServerOptions::new(
+            &ha_backups,
+            "backup",
+            key.public_key().clone(),
+        ))
+        .await
+        .context("starting the embedded SFTP server")?;
+        say(&format!(
+            "read-only SFTP server for user backup at {} (host key {})",
+            sftp.addr(),
+            sftp.host_key_fingerprint()
+        ));
+        std::fs::write(
+            dir.join("known_hosts"),
+            format!("{}\n", sftp.known_hosts_line()),
+        )?;
+        Some(sftp)
+    };
     write_private(&dir.join("ha_token"), format!("{token}\n").as_bytes())?;
 
     let config_path = dir.join("hapull.toml");
-    std::fs::write(&config_path, demo_config(&sim.url(), sftp.addr().port()))?;
+    std::fs::write(
+        &config_path,
+        demo_config(&sim.url(), sftp.as_ref().map(|s| s.addr().port())),
+    )?;
     say(&format!("config written to {}", config_path.display()));
     let cfg = hapull::config::load(&config_path)?.config;
 
@@ -123,7 +155,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // Hang up before the simulated server goes away, so the client does not report a lost connection.
     drop(ctx);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    sftp.shutdown().await;
+    let addon_kept = match &addon_backup {
+        Some(id) => {
+            let kept = (sim.backups().iter()).any(|b| b["backup_id"].as_str() == Some(id.as_str()));
+            say(&format!(
+                "the add-on update's backup {id} is {}",
+                if kept {
+                    "still in Home Assistant, untouched"
+                } else {
+                    "GONE"
+                }
+            ));
+            kept
+        }
+        None => true,
+    };
+    if let Some(sftp) = sftp {
+        sftp.shutdown().await;
+    }
     sim.shutdown().await;
 
     let store = service::open_store(&cfg)?;
@@ -158,7 +207,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         config_path.display()
     ));
     Ok(ExitCode::from(
-        if committed == args.cycles && chain.is_intact() {
+        if committed == args.cycles && chain.is_intact() && addon_kept {
             EXIT_OK
         } else {
             EXIT_FAILED
@@ -177,21 +226,27 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn demo_config(url: &str, port: u16) -> String {
-    format!(
-        r#"# Written by `hapull demo` for its simulated Home Assistant and embedded SFTP server.
-[home_assistant]
-url = "{url}"
-token_file = "ha_token"
-
-[ssh]
+fn demo_config(url: &str, sftp_port: Option<u16>) -> String {
+    let transfer = match sftp_port {
+        Some(port) => format!(
+            r#"[ssh]
 host = "127.0.0.1"
 port = {port}
 user = "backup"
 identity_file = "id_ed25519"
 known_hosts = "known_hosts"
 remote_dir = "/"
+"#
+        ),
+        None => "[transfer]\nvia = \"http\"\n".to_string(),
+    };
+    format!(
+        r#"# Written by `hapull demo` for its simulated Home Assistant and embedded SFTP server.
+[home_assistant]
+url = "{url}"
+token_file = "ha_token"
 
+{transfer}
 [backup]
 name = "hapull demo {{date}}"
 keep_on_ha = 1

@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::audit::{AuditLog, AuditOptions, Kind};
-use crate::config::{Config, VerifyLevel};
-use crate::cycle::{Context, CycleError, Report, Settings};
+use crate::config::{BackupMode, Config, VerifyLevel, Via};
+use crate::cycle::{Context, CycleError, Report, Settings, Source};
 use crate::daemon::{
     Clock, CycleReport, Metrics, Notifier, OffsiteValues, Outcome, PendingRetry, RetryAt,
     RetryOutcome, RetryPolicy, RunReason, Schedule, Scheduler, StateFile, StatusServer, Tick,
@@ -26,7 +26,7 @@ use crate::daemon::{
 };
 use crate::ha::{Client, ClientOptions, ConnectionState, HaError, SubItem};
 use crate::store::{RetentionPolicy, Store};
-use crate::transfer::{PullOptions, SshTarget};
+use crate::transfer::{HttpTarget, PullOptions, SshTarget};
 
 /// Why the service (or building a cycle's context) failed. Messages say what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,37 @@ pub fn ssh_target(cfg: &Config) -> Result<SshTarget, ServiceError> {
         identity_file: ssh.identity_file.clone(),
         passphrase: ssh.passphrase.clone(),
         host_keys: ssh.host_keys.clone(),
+    })
+}
+
+/// How the cycle fetches archives: SFTP (the key is decrypted here, once) or HA's HTTP download.
+pub fn source(cfg: &Config) -> Result<Source, ServiceError> {
+    match cfg.transfer.via {
+        Via::Sftp => {
+            let ssh = ssh_target(cfg)?;
+            let identity =
+                crate::transfer::load_identity(&ssh.identity_file, ssh.passphrase.as_ref())
+                    .map_err(|e| setup(e.to_string()))?;
+            Ok(Source::Sftp { ssh, identity })
+        }
+        Via::Http => Ok(Source::Http {
+            target: http_target(cfg)?,
+            prefix: cfg.home_assistant.endpoint.http_prefix().to_string(),
+        }),
+    }
+}
+
+/// Home Assistant's HTTP side: same host, port, TLS settings (`ca_file`) and token as the WebSocket.
+pub fn http_target(cfg: &Config) -> Result<HttpTarget, ServiceError> {
+    let ha = &cfg.home_assistant;
+    let opts = ClientOptions::new(ha.endpoint.clone(), ha.token.clone(), ha.ca_file.as_deref())?;
+    Ok(HttpTarget {
+        tls: opts.tls,
+        host: ha.endpoint.host().to_string(),
+        port: ha.endpoint.port(),
+        token: ha.token.clone(),
+        connect_timeout: cfg.transfer.connect_timeout,
+        read_timeout: Duration::from_secs(120),
     })
 }
 
@@ -132,19 +163,47 @@ pub fn client_options(cfg: &Config, reconnect: bool) -> Result<ClientOptions, Se
 }
 
 pub fn settings(cfg: &Config, progress: bool) -> Result<Settings, ServiceError> {
-    let ssh = cfg
-        .ssh
-        .as_ref()
-        .ok_or_else(|| ServiceError::Config("[ssh] is required".into()))?;
+    let (bandwidth_limit, connect_timeout, remote_dir) = match cfg.transfer.via {
+        Via::Sftp => {
+            let ssh = cfg.ssh.as_ref().ok_or_else(|| {
+                ServiceError::Config(format!(
+                    "{}: section [ssh] is required with [transfer] via = \"sftp\" (the default); \
+                     add it, or set via = \"http\" to download through Home Assistant itself",
+                    cfg.path.display()
+                ))
+            })?;
+            (
+                ssh.bandwidth_limit,
+                ssh.connect_timeout,
+                ssh.remote_dir.clone(),
+            )
+        }
+        Via::Http => {
+            if cfg.backup.mode == BackupMode::Service {
+                return Err(ServiceError::Config(format!(
+                    "{}: [backup] mode = \"service\" runs a command that deletes every archive in HA's \
+                     backups folder, which needs [transfer] via = \"sftp\" to save each one first; \
+                     use mode = \"api\" with via = \"http\"",
+                    cfg.path.display()
+                )));
+            }
+            (
+                cfg.transfer.bandwidth_limit,
+                cfg.transfer.connect_timeout,
+                String::new(),
+            )
+        }
+    };
     let mut pull = PullOptions {
-        bandwidth_limit: ssh.bandwidth_limit,
+        bandwidth_limit,
         progress,
         ..PullOptions::default()
     };
-    pull.session.connect_timeout = ssh.connect_timeout;
+    pull.session.connect_timeout = connect_timeout;
     Ok(Settings {
         mode: cfg.backup.mode,
         shell_command: cfg.backup.shell_command.clone(),
+        agent_id: cfg.backup.agent_id.clone(),
         name_template: cfg.backup.name.clone(),
         include_database: cfg.backup.include_database,
         password: cfg.backup.password.clone(),
@@ -152,7 +211,7 @@ pub fn settings(cfg: &Config, progress: bool) -> Result<Settings, ServiceError> 
         prune_foreign: cfg.backup.prune_foreign,
         timeout: cfg.backup.timeout,
         blocked_timeout: cfg.backup.blocked_timeout,
-        remote_dir: ssh.remote_dir.clone(),
+        remote_dir,
         verify: cfg
             .store
             .as_ref()
@@ -180,13 +239,9 @@ pub async fn context(
     audit: Option<AuditLog>,
     progress: bool,
 ) -> Result<Context, ServiceError> {
-    let ssh = ssh_target(cfg)?;
-    let identity = crate::transfer::load_identity(&ssh.identity_file, ssh.passphrase.as_ref())
-        .map_err(|e| setup(e.to_string()))?;
     Ok(Context {
         client,
-        identity,
-        ssh,
+        source: source(cfg)?,
         store: Arc::new(open_store(cfg)?),
         audit,
         settings: settings(cfg, progress)?,
@@ -486,6 +541,10 @@ impl CycleJob {
                     transfer_duration: r.pull.duration,
                     archive_bytes: Some(r.pull.size),
                 });
+                self.metrics.archive_verified(
+                    r.archive.manifest.verified == Some(crate::store::Level::Full),
+                    r.archive.manifest.protected,
+                );
                 for o in &r.offsite {
                     self.metrics.set_offsite(
                         &o.name,

@@ -66,10 +66,12 @@ pub enum Kind {
     CycleFailed,
     /// A scheduled run came due while the previous cycle was still running.
     CycleSkipped,
-    /// A cycle failed for a transient reason and is retried (`data.attempt`, `data.at`).
+    /// A cycle that failed for a transient reason will be tried again (`data.attempt`, `data.at`).
     CycleRetry,
     /// Home Assistant accepted the request for a backup.
     BackupCreated,
+    /// A Supervisor job was turned into the backup id it made (`data.job_id`, `data.backup_id`).
+    BackupIdentified,
     /// Home Assistant said the backup is finished.
     BackupCompleted,
     /// Home Assistant said the backup failed.
@@ -125,6 +127,7 @@ impl Kind {
         Kind::CycleSkipped,
         Kind::CycleRetry,
         Kind::BackupCreated,
+        Kind::BackupIdentified,
         Kind::BackupCompleted,
         Kind::BackupFailed,
         Kind::HaShellCommand,
@@ -158,6 +161,7 @@ impl Kind {
             Kind::CycleSkipped => "cycle.skipped",
             Kind::CycleRetry => "cycle.retry",
             Kind::BackupCreated => "backup.created",
+            Kind::BackupIdentified => "backup.identified",
             Kind::BackupCompleted => "backup.completed",
             Kind::BackupFailed => "backup.failed",
             Kind::HaShellCommand => "ha.shell_command",

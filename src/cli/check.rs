@@ -7,8 +7,8 @@ use clap::Args;
 use serde_json::json;
 
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, Global};
-use crate::config::{BackupMode, Config};
-use crate::ha::{BackupApi, Client, HaError};
+use crate::config::{BackupMode, Config, Via};
+use crate::ha::{BackupApi, Client, HaError, Install, choose_local_agent};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {}
@@ -62,6 +62,7 @@ pub async fn run(global: &Global, _args: CheckArgs) -> anyhow::Result<ExitCode> 
     check_home_assistant(&cfg, &mut report).await;
     check_ssh(&cfg, &mut report).await;
     check_store(&cfg, &mut report);
+    check_verification(&cfg, &mut report);
     check_offsite(&cfg, &mut report).await;
     if report.failed() {
         println!("not ready: fix the FAIL lines above");
@@ -97,6 +98,7 @@ async fn check_home_assistant(cfg: &Config, report: &mut Report) {
         }
     };
     report.add(Level::Ok, "backup api", api.to_string());
+    let mut agent = None;
     match client.backup_info().await {
         Ok(list) => {
             let level = if list.state == "blocked" {
@@ -120,16 +122,17 @@ async fn check_home_assistant(cfg: &Config, report: &mut Report) {
         match client.backup_agents().await {
             Ok(agents) => {
                 let names: Vec<String> = agents.iter().map(|a| a.agent_id.clone()).collect();
-                let level = if names.iter().any(|n| n == "backup.local") {
-                    Level::Ok
-                } else {
-                    Level::Fail
-                };
-                let mut text = format!("agents: {}", names.join(", "));
-                if level == Level::Fail {
-                    text.push_str(" — backup.local is missing; hapull pulls the local copy, so HA must keep one");
+                match choose_local_agent(&agents, cfg.backup.agent_id.as_deref()) {
+                    Ok(local) => {
+                        report.add(
+                            Level::Ok,
+                            "agents",
+                            format!("{}; local copies on {local}", names.join(", ")),
+                        );
+                        agent = Some(local);
+                    }
+                    Err(why) => report.add(Level::Fail, "agents", why),
                 }
-                report.add(level, "agents", text);
             }
             Err(e) => report.add(Level::Fail, "agents", explain_backup_error(&e)),
         }
@@ -138,14 +141,55 @@ async fn check_home_assistant(cfg: &Config, report: &mut Report) {
             Err(e) => report.add(Level::Fail, "permission", explain_backup_error(&e)),
         }
     }
+    let install = match api {
+        BackupApi::Legacy { .. } => Some(Install::Legacy),
+        BackupApi::Modern => agent.as_deref().map(Install::of_agent),
+    };
+    if let Some(install) = install {
+        report.add(Level::Ok, "install", install.to_string());
+        report.add(Level::Ok, "needs", install_needs(install, cfg.transfer.via));
+    }
     match (cfg.backup.mode, api) {
         (BackupMode::Api, BackupApi::Legacy { .. }) => report.add(
             Level::Ok,
             "mode",
             "api: this Home Assistant has the legacy backup API, so hapull uses its blocking backup/generate",
         ),
-        (BackupMode::Api, BackupApi::Modern) => report.add(Level::Ok, "mode", "api: backup/generate to backup.local"),
+        (BackupMode::Api, BackupApi::Modern) => report.add(
+            Level::Ok,
+            "mode",
+            format!(
+                "api: backup/generate to {}",
+                agent.as_deref().unwrap_or("the local agent")
+            ),
+        ),
+        (BackupMode::Service, _) if install == Some(Install::Supervisor) => report.add(
+            Level::Fail,
+            "mode",
+            "mode = \"service\" is the recipe for Core installs (a shell command deleting files in <config>/backups); on Home Assistant OS use mode = \"api\"",
+        ),
         (BackupMode::Service, _) => check_services(cfg, &client, report).await,
+    }
+}
+
+/// What this install type needs on the Home Assistant side, for the chosen transport.
+fn install_needs(install: Install, via: Via) -> &'static str {
+    match (install, via) {
+        (Install::Core, Via::Sftp) => {
+            "a read-only SFTP account on the HA host for <config>/backups ([ssh], see `hapull init --install core`); or [transfer] via = \"http\" and no SSH at all"
+        }
+        (Install::Supervisor, Via::Sftp) => {
+            "SFTP into the Supervisor's backup folder: the SSH add-on with SFTP on, [ssh] remote_dir = \"/backup\" (see `hapull init --install os`); or [transfer] via = \"http\" and no SSH at all"
+        }
+        (Install::Legacy, Via::Sftp) => {
+            "a read-only SFTP account on the HA host for <config>/backups, where archives are <slug>.tar ([ssh]); or [transfer] via = \"http\""
+        }
+        (Install::Core | Install::Legacy, Via::Http) => {
+            "nothing more: archives come from Home Assistant's own download with this token (a cut download resumes)"
+        }
+        (Install::Supervisor, Via::Http) => {
+            "nothing more: archives come from Home Assistant's own download with this token (hassio.local streams without ranges, so a cut download starts over)"
+        }
     }
 }
 
@@ -204,9 +248,8 @@ async fn check_services(cfg: &Config, client: &Client, report: &mut Report) {
 /// Turns a backup API error into advice.
 fn explain_backup_error(e: &HaError) -> String {
     match e.code() {
-        Some("unauthorized") => format!(
-            "{e} — the token's user is not an administrator; the backup API needs an admin user's long-lived access token"
-        ),
+        // The error itself says what to do.
+        Some("unauthorized") => e.to_string(),
         Some("unknown_command") => {
             format!(
                 "{e} — the backup integration is not loaded; add `backup:` to configuration.yaml and restart Home Assistant"
@@ -218,8 +261,22 @@ fn explain_backup_error(e: &HaError) -> String {
 
 /// The SSH side: host key, login, the backups folder and whether its archives are readable.
 async fn check_ssh(cfg: &Config, report: &mut Report) {
+    if cfg.transfer.via == Via::Http {
+        report.add(
+            Level::Ok,
+            "transfer",
+            format!(
+                "via http: {}://{}:{}{}/api/backup/download/<id>, with the token and TLS checked above; [ssh] not needed",
+                if cfg.home_assistant.endpoint.is_tls() { "https" } else { "http" },
+                cfg.home_assistant.endpoint.host(),
+                cfg.home_assistant.endpoint.port(),
+                cfg.home_assistant.endpoint.http_prefix()
+            ),
+        );
+        return;
+    }
     let Some(ssh) = &cfg.ssh else {
-        report.add(Level::Warn, "ssh", "no [ssh] section: hapull cannot pull archives (check, events and list --remote still work)");
+        report.add(Level::Fail, "ssh", "no [ssh] section: hapull cannot pull archives over SFTP; add [ssh], or set [transfer] via = \"http\" to download through Home Assistant itself");
         return;
     };
     let target = match crate::service::ssh_target(cfg) {
@@ -275,6 +332,35 @@ async fn check_ssh(cfg: &Config, report: &mut Report) {
         Err(e) => report.add(Level::Fail, "remote_dir", e.to_string()),
     }
     session.close().await;
+}
+
+/// What a commit will prove about each archive, and whether protected backups can be read.
+fn check_verification(cfg: &Config, report: &mut Report) {
+    use crate::config::VerifyLevel;
+    let Some(store) = &cfg.store else {
+        return;
+    };
+    match (store.verify, cfg.backup.password.is_some()) {
+        (VerifyLevel::Structure, _) => report.add(
+            Level::Warn,
+            "verify",
+            "verify = \"structure\": inner archives are not read, archives are committed at \
+             structure level only; set verify = \"full\" to check every byte",
+        ),
+        (VerifyLevel::Full, true) => report.add(
+            Level::Ok,
+            "verify",
+            "full: every inner archive is read to its end; protected backups are decrypted with \
+             the configured password",
+        ),
+        (VerifyLevel::Full, false) => report.add(
+            Level::Warn,
+            "verify",
+            "no backup password configured: unprotected backups are verified in full, \
+             password-protected ones (Home Assistant encrypts automatic backups by default) only \
+             at structure level; set password_file in [backup] to verify them fully",
+        ),
+    }
 }
 
 /// The store folder exists (or can be made) and is writable.

@@ -48,6 +48,66 @@ pub struct InitArgs {
     /// Overwrite existing files (the old key pair and known_hosts are lost).
     #[arg(long)]
     pub force: bool,
+    /// The kind of Home Assistant install; asked when not given and stdin is a terminal (else core).
+    /// `os` (Home Assistant OS, also Supervised) writes a config with [transfer] via = "http" and no
+    /// [ssh]; the others use a read-only SFTP account on the HA host.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub install: Option<InstallKind>,
+}
+
+/// What `hapull init --install` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InstallKind {
+    /// Home Assistant OS or Supervised: HA's own download over HTTPS, nothing to install on the HA side.
+    #[value(alias = "supervised", alias = "haos")]
+    Os,
+    /// Home Assistant Core or Container on Linux: a read-only SFTP account.
+    #[value(alias = "container")]
+    Core,
+    /// NixOS running Home Assistant: a read-only SFTP account from config/nixos/ha-host.nix.
+    Nixos,
+}
+
+/// Asks on the terminal which install this is; core when nothing usable is typed.
+fn ask_install() -> InstallKind {
+    use std::io::IsTerminal;
+    if !io::stdin().is_terminal() {
+        return InstallKind::Core;
+    }
+    print!(
+        "Which Home Assistant install is this?\n  os     Home Assistant OS or Supervised (Settings -> System shows a Supervisor)\n  core   Core or Container on Linux\n  nixos  NixOS\n[os/core/nixos, default core]: "
+    );
+    let _ = io::stdout().flush();
+    let mut line = String::new();
+    let _ = io::stdin().read_line(&mut line);
+    match line.trim().to_ascii_lowercase().as_str() {
+        "os" | "haos" | "supervised" => InstallKind::Os,
+        "nixos" => InstallKind::Nixos,
+        _ => InstallKind::Core,
+    }
+}
+
+/// Home Assistant OS: the download goes through Home Assistant, so [ssh] is commented out.
+fn http_only(config: &str) -> String {
+    let mut out = String::with_capacity(config.len());
+    let mut in_ssh = false;
+    for line in config.lines() {
+        if line.starts_with('[') {
+            in_ssh = line.trim() == "[ssh]";
+        }
+        if line.trim() == "# via = \"sftp\"" {
+            out.push_str(
+                "via = \"http\"                            # Home Assistant OS: no SSH needed\n",
+            );
+            continue;
+        }
+        if in_ssh && !line.trim().is_empty() && !line.starts_with('#') {
+            out.push_str("# ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// What `init` writes, by name inside `--dir`.
@@ -90,12 +150,16 @@ pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let config = render_config(
+    let install = args.install.unwrap_or_else(ask_install);
+    let mut config = render_config(
         &dir,
         &data_dir,
         args.ha_url.as_deref(),
         args.ssh_host.as_deref(),
     )?;
+    if install == InstallKind::Os {
+        config = http_only(&config);
+    }
     let comment = format!("hapull@{}", hostname());
     let mut key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
         .context("generating an ed25519 key pair")?;
@@ -118,12 +182,15 @@ pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
 
     let fingerprint = key.public_key().fingerprint(russh::keys::HashAlg::Sha256);
     let mut out = io::stdout().lock();
-    let text = instructions(
-        &dir,
-        &public,
-        &fingerprint.to_string(),
-        args.from.as_deref(),
-    );
+    let text = match install {
+        InstallKind::Os => os_instructions(&dir, &public),
+        InstallKind::Core | InstallKind::Nixos => instructions(
+            &dir,
+            &public,
+            &fingerprint.to_string(),
+            args.from.as_deref(),
+        ),
+    };
     // A closed pipe (`hapull init | head`) is not a failure: the files are written.
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
     Ok(ExitCode::from(EXIT_OK))
@@ -215,6 +282,48 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Home Assistant OS / Supervised: the token is all the HA side needs.
+fn os_instructions(dir: &Path, public: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"Wrote {d}/{CONFIG_NAME} for Home Assistant OS / Supervised: [transfer] via = "http", so hapull downloads
+each backup through Home Assistant itself with the token, and no SSH account is needed ([ssh] is commented
+out). A key pair {d}/{KEY_NAME} and {d}/{PUB_NAME} is there too, in case you later prefer SFTP.
+
+== In Home Assistant ==
+
+1. The token: as an administrator, your profile -> Security -> Long-lived access tokens -> Create token.
+   (The backup API and the download are admin-only.)
+
+   Nothing else to install. Home Assistant streams these downloads without ranges, so a download cut
+   mid-way starts over.
+
+   Optional, SFTP instead (a cut download then resumes): install the "Advanced SSH & Web Terminal"
+   add-on, set `sftp: true` in its options, add this key to its authorized_keys:
+
+      {public}
+
+   and in {d}/{CONFIG_NAME} set via = "sftp" and uncomment [ssh] with remote_dir = "/backup", the
+   add-on's user and port; then `hapull trust-host`.
+
+== On this machine ==
+
+2. Store the token:
+
+      install -m 600 /dev/null {d}/{TOKEN_NAME} && nano {d}/{TOKEN_NAME}
+
+3. Edit {d}/{CONFIG_NAME}: [home_assistant] url (https:// with ca_file if HA uses its own certificate),
+   [store] dir, [schedule] timezone. If hapull runs as another user: chown -R hapull: {d}
+
+4. Check everything (it names the install it found), make the first backup, then let it run:
+
+      hapull -c {d}/{CONFIG_NAME} check
+      hapull -c {d}/{CONFIG_NAME} once
+      systemctl enable --now hapull      # or: docker compose up -d, or NixOS services.hapull.enable
+"#
+    )
 }
 
 /// Everything to do next, on the Home Assistant host and here.

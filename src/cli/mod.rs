@@ -5,6 +5,7 @@ pub mod audit;
 mod check;
 mod completions;
 mod events;
+mod extract;
 mod init;
 mod once;
 mod run;
@@ -85,8 +86,11 @@ pub enum Command {
     Pull(once::PullArgs),
     /// List the archives in the local store (or, with --remote, Home Assistant's backups).
     List(store_cmds::ListArgs),
-    /// Re-hash local archives against their manifests.
+    /// Check local archives in one read each: SHA-256 against the manifest, structure, and every
+    /// inner archive decrypted (protected backups) and decompressed to its end.
     Verify(store_cmds::VerifyArgs),
+    /// Unpack a Home Assistant backup (protected or not) into a folder, without Home Assistant.
+    Extract(extract::ExtractArgs),
     /// Apply the local retention rules, showing what goes and why.
     Prune(store_cmds::PruneArgs),
     /// Show the SSH server's host key fingerprint, to compare and pin it.
@@ -115,6 +119,13 @@ pub struct DemoArgs {
     /// Size of the simulated configuration in each backup, in MiB (random data, so it does not compress).
     #[arg(long, default_value_t = 8)]
     pub size_mib: u64,
+    /// Imitate Home Assistant OS / Supervised instead of Core: agent hassio.local, Supervisor job ids,
+    /// archives with add-on and folder members, and an add-on update's backup hapull must not touch.
+    #[arg(long)]
+    pub supervisor: bool,
+    /// Fetch archives through Home Assistant's own download ([transfer] via = "http") instead of SFTP.
+    #[arg(long)]
+    pub http: bool,
 }
 
 /// Sets up tracing on standard error.
@@ -167,6 +178,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Pull(args) => once::run_pull(&cli.global, args).await,
         Command::List(args) => store_cmds::list(&cli.global, args).await,
         Command::Verify(args) => store_cmds::verify(&cli.global, args).await,
+        Command::Extract(args) => extract::run(&cli.global, args).await,
         Command::Prune(args) => store_cmds::prune(&cli.global, args).await,
         Command::TrustHost(args) => trust_host::run(&cli.global, args).await,
         Command::Init(args) => init::run(&cli.global, args).await,
@@ -293,4 +305,24 @@ pub async fn connect(cfg: &Config, reconnect: bool) -> anyhow::Result<Client> {
             cfg.home_assistant.endpoint
         )
     })
+}
+
+/// Reads a backup password from a file: the whole file, less one trailing line break.
+pub(crate) fn read_password_file(path: &std::path::Path) -> anyhow::Result<crate::secret::Secret> {
+    use anyhow::Context as _;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the password file {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "the password file {} is not UTF-8 text; Home Assistant passwords are text",
+            path.display()
+        )
+    })?;
+    let secret = crate::secret::Secret::new(text);
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "the password file {} is empty; put the backup password in it",
+        path.display()
+    );
+    Ok(secret)
 }

@@ -114,7 +114,6 @@ async fn finish(
 async fn build(cfg: &crate::config::Config) -> anyhow::Result<crate::cycle::Context> {
     // Checked before connecting, so a config problem is reported as such.
     crate::service::settings(cfg, true)?;
-    crate::service::ssh_target(cfg)?;
     let audit = crate::service::open_audit(cfg).await?;
     let client = super::connect(cfg, true).await?;
     Ok(crate::service::context(cfg, client, audit, true).await?)

@@ -85,6 +85,7 @@ impl std::fmt::Display for ConfigWarning {
 pub struct Config {
     pub path: PathBuf,
     pub home_assistant: HomeAssistant,
+    pub transfer: Transfer,
     pub ssh: Option<Ssh>,
     pub backup: Backup,
     pub schedule: Schedule,
@@ -94,6 +95,24 @@ pub struct Config {
     pub status: Status,
     /// `[[offsite]]` targets, in file order.
     pub offsite: Vec<crate::offsite::TargetConfig>,
+}
+
+/// How archives come from Home Assistant to this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// SFTP from the HA host's backups folder (`[ssh]`).
+    Sftp,
+    /// Home Assistant's own download (`/api/backup/download`) with the token; no `[ssh]`.
+    Http,
+}
+
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    pub via: Via,
+    /// Throttle for `via = "http"` in bytes per second (SFTP uses `[ssh] bandwidth_limit`).
+    pub bandwidth_limit: Option<u64>,
+    /// Limit for connecting and for silences while downloading over HTTP.
+    pub connect_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +151,8 @@ pub enum BackupMode {
 pub struct Backup {
     pub mode: BackupMode,
     pub shell_command: String,
+    /// The agent that keeps HA's local copies; `None`: ask HA (`backup.local` or `hassio.local`).
+    pub agent_id: Option<String>,
     pub name: String,
     pub include_database: bool,
     pub password: Option<Secret>,
@@ -304,7 +325,14 @@ pub fn validate(
         section: "home_assistant",
     })?;
     let home_assistant = v.home_assistant(ha)?;
+    let transfer = v.transfer(raw.transfer.unwrap_or_default())?;
     let ssh = raw.ssh.map(|s| v.ssh(s)).transpose()?;
+    if transfer.via == Via::Http && ssh.is_some() {
+        v.warn(format!(
+            "{}: [ssh] is not used with [transfer] via = \"http\"; remove it or set via = \"sftp\"",
+            path.display()
+        ));
+    }
     let backup = v.backup(raw.backup.unwrap_or_default())?;
     let schedule = v.schedule(raw.schedule.unwrap_or_default())?;
     let store = raw.store.map(|s| v.store(s)).transpose()?;
@@ -345,6 +373,7 @@ pub fn validate(
         config: Config {
             path: path.to_path_buf(),
             home_assistant,
+            transfer,
             ssh,
             backup,
             schedule,
@@ -681,6 +710,34 @@ impl Validator<'_> {
         })
     }
 
+    fn transfer(&mut self, r: raw::Transfer) -> Result<Transfer, ConfigError> {
+        const S: &str = "transfer";
+        let via = match r.via.as_deref().unwrap_or("sftp") {
+            "sftp" => Via::Sftp,
+            "http" | "https" => Via::Http,
+            other => {
+                return Err(self.err(
+                    S,
+                    "via",
+                    format!("{other:?} is not a transport; use \"sftp\" or \"http\""),
+                ));
+            }
+        };
+        let bandwidth_limit = r
+            .bandwidth_limit
+            .map(|s| parse_size(&s).map_err(|e| self.err(S, "bandwidth_limit", e)))
+            .transpose()?;
+        Ok(Transfer {
+            via,
+            bandwidth_limit,
+            connect_timeout: self.duration(
+                S,
+                "connect_timeout",
+                r.connect_timeout.as_deref().unwrap_or("30s"),
+            )?,
+        })
+    }
+
     fn backup(&mut self, r: raw::Backup) -> Result<Backup, ConfigError> {
         const S: &str = "backup";
         let mode = r.mode.unwrap_or(BackupMode::Api);
@@ -707,6 +764,18 @@ impl Validator<'_> {
             r.password_env,
             r.password,
         )?;
+        if let Some(agent) = &r.agent_id
+            && (agent.is_empty()
+                || !agent
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            return Err(self.err(
+                S,
+                "agent_id",
+                format!("{agent:?} is not an agent id (e.g. \"backup.local\" or \"hassio.local\"; `hapull check` lists them)"),
+            ));
+        }
         let name = r.name.unwrap_or_else(|| "hapull {date}".to_string());
         if name.trim().is_empty() {
             return Err(self.err(S, "name", "must not be empty"));
@@ -714,6 +783,7 @@ impl Validator<'_> {
         Ok(Backup {
             mode,
             shell_command,
+            agent_id: r.agent_id,
             name,
             include_database: r.include_database.unwrap_or(true),
             password,

@@ -6,6 +6,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub home_assistant: Option<HomeAssistant>,
+    pub transfer: Option<Transfer>,
     pub ssh: Option<Ssh>,
     pub backup: Option<Backup>,
     pub schedule: Option<Schedule>,
@@ -147,6 +148,14 @@ impl OneOrMany {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct Transfer {
+    pub via: Option<String>,
+    pub bandwidth_limit: Option<String>,
+    pub connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Ssh {
     pub host: Option<String>,
     pub port: Option<u16>,
@@ -168,6 +177,7 @@ pub struct Ssh {
 pub struct Backup {
     pub mode: Option<super::BackupMode>,
     pub shell_command: Option<String>,
+    pub agent_id: Option<String>,
     pub name: Option<String>,
     pub include_database: Option<bool>,
     pub password: Option<String>,

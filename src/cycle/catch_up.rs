@@ -13,7 +13,11 @@ use crate::store::Ledger;
 const MAX_PER_CYCLE: usize = 3;
 
 impl Context {
-    pub(super) async fn catch_up(&self, api: BackupApi) -> Result<Vec<String>, CycleError> {
+    pub(super) async fn catch_up(
+        &self,
+        api: BackupApi,
+        agent: Option<&str>,
+    ) -> Result<Vec<String>, CycleError> {
         if self.settings.mode == BackupMode::Service {
             // There the delete command already saved every archive; what HA still lists after it
             // removed the files has nothing left to pull.
@@ -36,7 +40,7 @@ impl Context {
         missing.sort_by(|a, b| b.date.cmp(&a.date));
         let mut saved = Vec::new();
         for b in missing.into_iter().take(MAX_PER_CYCLE) {
-            let made = Made::listed(b);
+            let made = Made::listed(b, agent);
             let result = async {
                 let remote = self.locate(api, &made).await?;
                 self.save(&made, &remote).await

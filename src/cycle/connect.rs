@@ -1,19 +1,23 @@
-//! Connect: which backup API this Home Assistant has, the SSH side checked before HA is asked for
-//! anything, and a wait while HA is starting (`blocked`) or busy with another backup.
+//! Connect: which backup API this Home Assistant has, which agent keeps its local copies (and so
+//! which kind of install it is), the SSH side checked before HA is asked for anything, and a wait
+//! while HA is starting (`blocked`) or busy with another backup.
 
 use std::time::Duration;
 
 use serde_json::json;
 use tracing::info;
 
-use super::{At, Context, CycleError, Step};
+use super::{At, Context, CycleError, Source, Step};
 use crate::audit::Kind;
-use crate::ha::{BackupApi, Subscription};
+use crate::ha::{BackupApi, Install, Subscription, choose_local_agent};
 use crate::transfer::Session;
 
 impl Context {
-    pub(super) async fn connect(&self) -> Result<(BackupApi, Option<Subscription>), CycleError> {
+    pub(super) async fn connect(
+        &self,
+    ) -> Result<(BackupApi, Option<String>, Option<Subscription>), CycleError> {
         let api = self.client.detect_backup_api().await.at(Step::Connect)?;
+        let agent = self.local_agent(api, Step::Connect).await?;
         // The SSH side is checked before Home Assistant is asked for anything: a broken host key or
         // permission would otherwise leave a new, unpulled backup on the HA host every cycle.
         self.preflight_ssh().await?;
@@ -24,17 +28,33 @@ impl Context {
             BackupApi::Legacy { .. } => None,
         };
         self.wait_until_idle().await?;
-        info!(%api, ha_version = %self.client.ha_version(), "connected");
+        let install = agent.as_deref().map_or(Install::Legacy, Install::of_agent);
+        info!(%api, %install, agent = ?agent, ha_version = %self.client.ha_version(), "connected");
         let api_name = match api {
             BackupApi::Modern => "modern",
             BackupApi::Legacy { .. } => "legacy",
         };
         self.record(
             Kind::CycleConnected,
-            json!({"ha_version": self.client.ha_version(), "backup_api": api_name}),
+            json!({"ha_version": self.client.ha_version(), "backup_api": api_name, "agent": agent}),
         )
         .await?;
-        Ok((api, sub))
+        Ok((api, agent, sub))
+    }
+
+    /// The local agent (modern API): asked of HA each cycle, as mounts and installs change.
+    pub(super) async fn local_agent(
+        &self,
+        api: BackupApi,
+        step: Step,
+    ) -> Result<Option<String>, CycleError> {
+        if !matches!(api, BackupApi::Modern) {
+            return Ok(None);
+        }
+        let agents = self.client.backup_agents().await.at(step)?;
+        choose_local_agent(&agents, self.settings.agent_id.as_deref())
+            .map(Some)
+            .map_err(|message| CycleError::refused(step, message))
     }
 
     async fn wait_until_idle(&self) -> Result<(), CycleError> {
@@ -64,6 +84,10 @@ impl Context {
 
     /// Host key, login and a listing of `remote_dir`.
     async fn preflight_ssh(&self) -> Result<(), CycleError> {
+        // Over HTTP the token and TLS were proven by the WebSocket connection to the same server.
+        if !matches!(self.source, Source::Sftp { .. }) {
+            return Ok(());
+        }
         let session = self.session(Step::Connect).await?;
         let listed = session.list_dir(&self.settings.remote_dir).await;
         session.close().await;
@@ -73,7 +97,13 @@ impl Context {
 
     /// One SFTP session to the HA host, for listing and peeking.
     pub(super) async fn session(&self, step: Step) -> Result<Session, CycleError> {
-        Session::connect_with(&self.ssh, &self.identity, &self.settings.pull.session)
+        let Source::Sftp { ssh, identity } = &self.source else {
+            return Err(CycleError::refused(
+                step,
+                "this needs the SSH side, but [transfer] via = \"http\" has none",
+            ));
+        };
+        Session::connect_with(ssh, identity, &self.settings.pull.session)
             .await
             .at(step)
     }

@@ -9,13 +9,14 @@ use tracing::info;
 use super::{At, Context, CycleError, Made, Step};
 use crate::audit::Kind;
 use crate::config::BackupMode;
-use crate::ha::{BackupApi, GenerateRequest, Subscription};
+use crate::ha::{BackupApi, GenerateRequest, Install, Subscription};
 use crate::store::{Ledger, LedgerEntry, safe_component};
 
 impl Context {
     pub(super) async fn create(
         &self,
         api: BackupApi,
+        agent: Option<String>,
         sub: Option<&mut Subscription>,
     ) -> Result<Made, CycleError> {
         // Events of earlier jobs (one that was running when the cycle started) must not be taken for
@@ -30,7 +31,7 @@ impl Context {
             }
         }
         let made = match (self.settings.mode, api) {
-            (BackupMode::Api, BackupApi::Modern) => self.generate().await?,
+            (BackupMode::Api, BackupApi::Modern) => self.generate(agent).await?,
             (BackupMode::Api, BackupApi::Legacy { .. }) => {
                 info!(
                     path = "legacy backup/generate",
@@ -41,9 +42,13 @@ impl Context {
                     .legacy_backup_generate(self.settings.timeout)
                     .await)
                     .at(Step::Create)?;
-                Made::listed(b)
+                Made::listed(b, None)
             }
-            (BackupMode::Service, _) => self.create_by_services().await?,
+            (BackupMode::Service, _) => {
+                let mut made = self.create_by_services().await?;
+                made.agent = agent;
+                made
+            }
         };
         let id = safe_component(&made.backup_id).map_err(|e| {
             CycleError::refused(
@@ -51,6 +56,12 @@ impl Context {
                 format!("Home Assistant gave an unusable backup id: {e}"),
             )
         })?;
+        if made.job_id.is_some() {
+            // Only backup ids go into the ledger; the job becomes one once identified (Await).
+            self.record(Kind::BackupCreated, json!({"job_id": id}))
+                .await?;
+            return Ok(made);
+        }
         Ledger::remember(self.store.root(), LedgerEntry::Made, &id).map_err(|e| {
             CycleError::refused(
                 Step::Create,
@@ -62,21 +73,28 @@ impl Context {
         Ok(made)
     }
 
-    async fn generate(&self) -> Result<Made, CycleError> {
+    async fn generate(&self, agent: Option<String>) -> Result<Made, CycleError> {
         let name = self.backup_name();
-        info!(path = "backup/generate", %name, "asking Home Assistant for a backup");
+        let agent = agent.unwrap_or_else(|| "backup.local".into());
+        info!(path = "backup/generate", %name, %agent, "asking Home Assistant for a backup");
+        let requested_at = Timestamp::now();
         let job = self
             .client
             .backup_generate(&GenerateRequest {
-                agent_ids: vec!["backup.local".into()],
+                agent_ids: vec![agent.clone()],
                 name: Some(name.clone()),
                 include_database: Some(self.settings.include_database),
                 password: self.settings.password.clone(),
             })
             .await
             .at(Step::Create)?;
+        // On a Supervisor install the answer is a Supervisor job id, not the backup id.
+        let supervisor = Install::of_agent(&agent) == Install::Supervisor;
         Ok(Made {
+            job_id: supervisor.then(|| job.clone()),
             backup_id: job,
+            requested_at: Some(requested_at),
+            agent: Some(agent),
             requested_name: Some(name),
             backup: None,
         })

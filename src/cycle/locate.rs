@@ -1,13 +1,14 @@
 //! Locate: find the archive of a backup on the HA host. HA's file-name rule gives the first guess,
 //! the archive's own `backup.json` (read from its first member without downloading the rest) must
-//! confirm it; else the newest archives in `remote_dir` are peeked.
+//! confirm it; else the newest archives in `remote_dir` are peeked. Over HTTP there is nothing to
+//! find: the archive is HA's download URL, and the store checks its slug at commit.
 
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{At, Context, CycleError, Made, Step};
+use super::{At, Context, CycleError, Made, Source, Step};
 use crate::audit::Kind;
-use crate::ha::BackupApi;
+use crate::ha::{BackupApi, Install};
 use crate::store::{self, ArchiveError, BackupJson, MAX_BACKUP_JSON, safe_component};
 use crate::transfer::Session;
 
@@ -21,9 +22,33 @@ impl Context {
     pub(super) async fn locate(&self, api: BackupApi, made: &Made) -> Result<String, CycleError> {
         let id = safe_component(&made.backup_id)
             .map_err(|e| CycleError::refused(Step::Locate, e.to_string()))?;
+        if let Source::Http { prefix, .. } = &self.source {
+            let path = match &made.agent {
+                Some(agent) => format!(
+                    "{prefix}/api/backup/download/{}?agent_id={}",
+                    url_component(&id),
+                    url_component(agent)
+                ),
+                None => format!("{prefix}/api/backup/download/{}", url_component(&id)),
+            };
+            info!(remote = %path, "archive located (Home Assistant's download)");
+            self.record(
+                Kind::ArchiveLocated,
+                json!({"backup_id": made.backup_id, "remote": path}),
+            )
+            .await?;
+            return Ok(path);
+        }
         let mut guesses = Vec::new();
         if let Some(b) = &made.backup {
             if let Some(name) = ha_archive_file_name(&b.name, &b.date) {
+                guesses.push(name);
+            }
+            // Supervisor installs name the file after the moment HA asked, not the backup's date.
+            if let Some(name) = b
+                .request_date()
+                .and_then(|d| ha_archive_file_name(&b.name, d))
+            {
                 guesses.push(name);
             }
             if let Some(p) = &b.path
@@ -32,7 +57,10 @@ impl Context {
                 guesses.push(file.to_string());
             }
         }
-        if matches!(api, BackupApi::Legacy { .. }) {
+        // Legacy HA and the Supervisor (backups it made itself, uploads) name files `<slug>.tar`.
+        if matches!(api, BackupApi::Legacy { .. })
+            || made.agent.as_deref().map(Install::of_agent) == Some(Install::Supervisor)
+        {
             guesses.push(format!("{id}.tar"));
         }
         let session = self.session(Step::Locate).await?;
@@ -86,10 +114,27 @@ impl Context {
             Step::Locate,
             format!(
                 "no archive of backup {id} in {dir} on {} (is [ssh] remote_dir right, and can user {} read it? see README, Permissions)",
-                self.ssh.host, self.ssh.user
+                self.source.host(),
+                match &self.source {
+                    Source::Sftp { ssh, .. } => ssh.user.as_str(),
+                    Source::Http { .. } => "-",
+                }
             ),
         ))
     }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn url_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Reads and checks `backup.json`, the first member of the remote archive at `path`, reading only as

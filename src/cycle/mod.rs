@@ -45,7 +45,7 @@ use crate::config::{BackupMode, VerifyLevel};
 use crate::ha::{Backup, BackupApi, Client, HaError};
 use crate::secret::Secret;
 use crate::store::{self, RetentionPolicy, Store, StoredArchive};
-use crate::transfer::{Identity, PullOptions, PullOutcome, SshTarget, TransferError};
+use crate::transfer::{HttpTarget, Identity, PullOptions, PullOutcome, SshTarget, TransferError};
 
 pub use locate::{ha_archive_file_name, peek_backup_json};
 
@@ -180,6 +180,8 @@ impl<T> At<T> for Result<T, store::StoreError> {
 pub struct Settings {
     pub mode: BackupMode,
     pub shell_command: String,
+    /// The agent keeping HA's local copies; `None`: ask HA (`backup.local`, else `hassio.local`).
+    pub agent_id: Option<String>,
     pub name_template: String,
     pub include_database: bool,
     pub password: Option<Secret>,
@@ -194,13 +196,38 @@ pub struct Settings {
     pub pull: PullOptions,
 }
 
+/// How archives are fetched from the HA side.
+#[derive(Clone)]
+pub enum Source {
+    /// SFTP from `Settings::remote_dir` on the HA host.
+    Sftp {
+        ssh: SshTarget,
+        /// The SSH key, decrypted once when the context is built.
+        identity: Identity,
+    },
+    /// Home Assistant's own download endpoint, `<prefix>/api/backup/download/<id>`, with the token.
+    Http {
+        target: HttpTarget,
+        /// Path HA is served under behind a proxy (usually empty).
+        prefix: String,
+    },
+}
+
+impl Source {
+    /// The host archives come from, as recorded in manifests.
+    pub fn host(&self) -> &str {
+        match self {
+            Source::Sftp { ssh, .. } => &ssh.host,
+            Source::Http { target, .. } => &target.host,
+        }
+    }
+}
+
 /// The long-lived parts a cycle works with.
 #[derive(Clone)]
 pub struct Context {
     pub client: Client,
-    pub ssh: SshTarget,
-    /// The SSH key, decrypted once when the context is built.
-    pub identity: Identity,
+    pub source: Source,
     pub store: Arc<Store>,
     pub audit: Option<AuditLog>,
     pub settings: Settings,
@@ -225,7 +252,14 @@ pub struct Report {
 /// A backup in Home Assistant the cycle works on, and what HA said about it.
 #[derive(Debug, Clone)]
 struct Made {
+    /// The backup id; on a Supervisor install, the job id until the backup is identified.
     backup_id: String,
+    /// The Supervisor job that makes the backup (Supervisor installs, until identified).
+    job_id: Option<String>,
+    /// When hapull asked for it, to tell it from older backups of the same name.
+    requested_at: Option<jiff::Timestamp>,
+    /// The local agent holding the copy (modern API); `None` on the legacy API.
+    agent: Option<String>,
     /// The name hapull asked for (api mode), to find the backup when the job id is not its id.
     requested_name: Option<String>,
     /// HA's view of it (modern: details; legacy: the generate result or list entry).
@@ -233,9 +267,12 @@ struct Made {
 }
 
 impl Made {
-    fn listed(backup: Backup) -> Made {
+    fn listed(backup: Backup, agent: Option<&str>) -> Made {
         Made {
             backup_id: backup.backup_id.clone(),
+            job_id: None,
+            requested_at: None,
+            agent: agent.map(str::to_string),
             requested_name: None,
             backup: Some(backup),
         }
@@ -273,8 +310,8 @@ impl Context {
 
     /// The sequence. Service mode saves every archive its delete command would remove inside Create.
     async fn steps(&self, started: Instant) -> Result<Report, CycleError> {
-        let (api, mut sub) = self.connect().instrument(info_span!("connect")).await?;
-        let made = (self.create(api, sub.as_mut()))
+        let (api, agent, mut sub) = self.connect().instrument(info_span!("connect")).await?;
+        let made = (self.create(api, agent, sub.as_mut()))
             .instrument(info_span!("create"))
             .await?;
         let made = (self.await_completion(api, sub.as_mut(), made))
@@ -295,13 +332,8 @@ impl Context {
         let remote = (self.locate(api, &made))
             .instrument(info_span!("locate", backup_id = %id))
             .await?;
-        let (local, pulled) = (self.pull(&made, &remote))
-            .instrument(info_span!("pull", backup_id = %id))
-            .await?;
-        let archive = (self.commit(&made, &remote, &local, &pulled))
-            .instrument(info_span!("commit", backup_id = %id))
-            .await?;
-        self.catch_up(api)
+        let (archive, pulled) = self.save(&made, &remote).await?;
+        self.catch_up(api, made.agent.as_deref())
             .instrument(info_span!("catch_up"))
             .await?;
         let deleted_on_ha = (self.clean_up_ha(api))
@@ -334,7 +366,9 @@ impl Context {
                     format!("Home Assistant has no backup \"{}\"; `hapull list --remote` shows the ids it has", backup_id.escape_debug()),
                 )
             })?;
-        self.finish(api, Made::listed(backup), started).await
+        let agent = self.local_agent(api, Step::Connect).await?;
+        self.finish(api, Made::listed(backup, agent.as_deref()), started)
+            .await
     }
 
     async fn record_outcome(&self, outcome: &Result<Report, CycleError>) -> Result<(), CycleError> {

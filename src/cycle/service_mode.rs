@@ -76,7 +76,7 @@ impl Context {
                 "backup.create finished but no new backup appeared in Home Assistant's list",
             )
         })?;
-        Ok(Made::listed(b))
+        Ok(Made::listed(b, None))
     }
 
     /// Lists `remote_dir` and saves every archive without a verified copy, again and again, until a
@@ -95,6 +95,9 @@ impl Context {
                 info!(backup_id = %slug, %path, round, "pulling an archive without a local copy before the delete command runs");
                 let made = Made {
                     backup_id: slug,
+                    job_id: None,
+                    requested_at: None,
+                    agent: None,
                     requested_name: None,
                     backup: None,
                 };

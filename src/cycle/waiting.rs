@@ -16,6 +16,7 @@ use super::{At, Context, CycleError, Made, Step};
 use crate::audit::Kind;
 use crate::config::BackupMode;
 use crate::ha::{Backup, BackupApi, BackupEvent, BackupState, HaError, SubItem, Subscription};
+use crate::store::{Ledger, LedgerEntry, safe_component};
 
 impl Context {
     pub(super) async fn await_completion(
@@ -117,14 +118,18 @@ impl Context {
                 break;
             }
         }
+        let made = if made.job_id.is_some() {
+            self.identify_supervisor_backup(made).await?
+        } else {
+            made
+        };
         let details = (self.client.backup_details(&made.backup_id).await).at(Step::Await)?;
         let made = match details {
             Some(b) => Made {
-                backup_id: made.backup_id,
-                requested_name: made.requested_name,
                 backup: Some(b),
+                ..made
             },
-            None => self.find_by_name_after_supervisor_job(&made).await?,
+            None => self.find_by_name_after_job(&made).await?,
         };
         self.record(
             Kind::BackupCompleted,
@@ -154,6 +159,12 @@ impl Context {
                     return Ok(false);
                 }
                 if info.backups.iter().any(|b| b.backup_id == made.backup_id) {
+                    return Ok(true);
+                }
+                // A Supervisor job is not listed by its id: ask the job itself.
+                if let Some(job) = &made.job_id
+                    && let Ok(Some(_)) = self.client.supervisor_job_reference(job).await
+                {
                     return Ok(true);
                 }
                 return match info.last_action_event {
@@ -188,23 +199,105 @@ impl Context {
         }
     }
 
-    /// On Supervisor installs the job id is not the backup id: the new backup is the newest one with
-    /// our name.
-    async fn find_by_name_after_supervisor_job(&self, made: &Made) -> Result<Made, CycleError> {
+    /// On a Supervisor install: turns the job id into the backup id — the job's `reference`, else the
+    /// newest backup with our name, made since we asked, by this instance. Records the id in the
+    /// ledger (so clean-up finds it) and in the audit log.
+    async fn identify_supervisor_backup(&self, made: Made) -> Result<Made, CycleError> {
+        let job = made.job_id.clone().unwrap_or_default();
+        let mut how = "supervisor job reference";
+        let mut found = None;
+        for attempt in 0..5 {
+            match self.client.supervisor_job_reference(&job).await {
+                Ok(Some(id)) => {
+                    found = Some(id);
+                    break;
+                }
+                // The job may report done a moment after the completed event.
+                Ok(None) if attempt < 4 => tokio::time::sleep(Duration::from_secs(1)).await,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(job_id = %job, error = %e, "cannot ask the Supervisor about the backup job; finding the backup by name and date");
+                    break;
+                }
+            }
+        }
+        let made = match found {
+            Some(id) => Made {
+                backup_id: id,
+                ..made
+            },
+            None => {
+                how = "name, date and instance";
+                self.find_by_name_after_job(&made).await?
+            }
+        };
+        let id = safe_component(&made.backup_id).map_err(|e| {
+            CycleError::refused(
+                Step::Await,
+                format!("the Supervisor gave an unusable backup id: {e}"),
+            )
+        })?;
+        Ledger::remember(self.store.root(), LedgerEntry::Made, &id).map_err(|e| {
+            CycleError::refused(
+                Step::Await,
+                format!("cannot record the new backup id in the store: {e}"),
+            )
+        })?;
+        info!(job_id = %job, backup_id = %id, how, "backup identified");
+        self.record(
+            Kind::BackupIdentified,
+            json!({"job_id": job, "backup_id": id, "how": how}),
+        )
+        .await?;
+        Ok(Made {
+            job_id: None,
+            ..made
+        })
+    }
+
+    /// When the job id is not the backup id and the job cannot say which backup it made: the newest
+    /// backup with the name hapull asked for, dated no earlier than the request, not already in the
+    /// ledger, made by this instance (`extra_metadata.instance_id` as seen on hapull's earlier
+    /// backups).
+    async fn find_by_name_after_job(&self, made: &Made) -> Result<Made, CycleError> {
         let info = self.client.backup_info().await.at(Step::Await)?;
+        let ledger = Ledger::read(self.store.root())
+            .map_err(|e| CycleError::refused(Step::Await, e.to_string()))?;
+        // Our instance: the one that made hapull's earlier backups, when HA says.
+        let instance = (info.backups.iter())
+            .filter(|b| ledger.made(&b.backup_id))
+            .find_map(|b| b.instance_id().map(str::to_string));
+        // The clocks of the HA host and this machine may differ a little.
+        let since = made
+            .requested_at
+            .map(|t| t - jiff::SignedDuration::from_secs(300));
         let mut candidates: Vec<Backup> = (info.backups.into_iter())
             .filter(|b| made.requested_name.as_deref() == Some(b.name.as_str()))
+            .filter(|b| !ledger.made(&b.backup_id))
+            .filter(|b| match (&since, b.date.parse::<jiff::Timestamp>()) {
+                (Some(since), Ok(date)) => date >= *since,
+                _ => true,
+            })
+            .filter(|b| match (&instance, b.instance_id()) {
+                (Some(mine), Some(theirs)) => mine == theirs,
+                _ => true,
+            })
             .collect();
         candidates.sort_by(|a, b| a.date.cmp(&b.date));
         let b = candidates.pop().ok_or_else(|| {
             CycleError::refused(
                 Step::Await,
                 format!(
-                    "backup job {} completed but no such backup is listed",
-                    made.backup_id
+                    "backup job {} completed but no new backup named {:?} is listed; nothing was deleted",
+                    made.job_id.as_deref().unwrap_or(&made.backup_id),
+                    made.requested_name.as_deref().unwrap_or("")
                 ),
             )
         })?;
-        Ok(Made::listed(b))
+        Ok(Made {
+            backup_id: b.backup_id.clone(),
+            backup: Some(b),
+            ..made.clone()
+        })
     }
 }

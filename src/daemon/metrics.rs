@@ -52,6 +52,9 @@ struct Values {
     last_attempt: Option<Timestamp>,
     last_duration: Option<Duration>,
     last_archive_bytes: Option<u64>,
+    /// Whether the last committed archive was verified in full, and whether it was protected.
+    last_archive_full: Option<bool>,
+    last_archive_protected: Option<bool>,
     last_throughput: Option<f64>,
     success: u64,
     failed: u64,
@@ -153,6 +156,14 @@ impl Metrics {
         self.lock().next_retry = None;
     }
 
+    /// What the verification of the last committed archive proved: `full` (every byte read,
+    /// protected ones decrypted) or less, and whether the backup was password-protected.
+    pub fn archive_verified(&self, full: bool, protected: bool) {
+        let mut v = self.lock();
+        v.last_archive_full = Some(full);
+        v.last_archive_protected = Some(protected);
+    }
+
     /// A due run was skipped because a cycle was still running.
     pub fn cycle_skipped(&self) {
         self.lock().skipped += 1;
@@ -229,6 +240,25 @@ impl Metrics {
             "hapull_last_archive_size_bytes",
             "Size of the last archive committed to the store.",
             v.last_archive_bytes.map_or(0.0, |b| b as f64),
+        );
+        gauge(
+            "hapull_last_archive_verified_full",
+            "1 when the last committed archive was verified in full (every inner archive read, \
+             protected ones decrypted), 0 when only its structure was (or none was committed).",
+            if v.last_archive_full == Some(true) {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        gauge(
+            "hapull_last_archive_protected",
+            "1 when the last committed archive was password-protected, else 0.",
+            if v.last_archive_protected == Some(true) {
+                1.0
+            } else {
+                0.0
+            },
         );
         gauge(
             "hapull_last_throughput_bytes_per_second",

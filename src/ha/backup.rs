@@ -178,6 +178,101 @@ impl Backup {
     pub fn from_value(v: &Value) -> Result<Backup, HaError> {
         parse_backup(v)
     }
+
+    /// Size and protection of the copy `agent` holds, when HA lists one there.
+    pub fn on_agent(&self, agent: &str) -> Option<(Option<u64>, bool)> {
+        let a = self.raw.get("agents")?.get(agent)?;
+        Some((
+            a.get("size").and_then(Value::as_u64),
+            a.get("protected").and_then(Value::as_bool).unwrap_or(false),
+        ))
+    }
+
+    /// The HA instance that made the backup (`extra_metadata.instance_id`), when HA says.
+    pub fn instance_id(&self) -> Option<&str> {
+        self.raw.get("extra_metadata")?.get("instance_id")?.as_str()
+    }
+
+    /// When Home Assistant asked the Supervisor for this backup (Supervisor installs): the date the
+    /// archive's file name is derived from, which may differ from `date`.
+    pub fn request_date(&self) -> Option<&str> {
+        self.raw
+            .get("extra_metadata")?
+            .get("supervisor.backup_request_date")?
+            .as_str()
+    }
+}
+
+/// Which kind of Home Assistant install the backup API reveals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Install {
+    /// Core, Container, NixOS: the local agent is `backup.local`; job id = backup id.
+    Core,
+    /// Home Assistant OS or Supervised: `hassio.local`; the job id is a Supervisor job.
+    Supervisor,
+    /// 2024.x or older: slugs, no agents.
+    Legacy,
+}
+
+impl Install {
+    /// From the local agent's id (modern API).
+    pub fn of_agent(agent: &str) -> Install {
+        if agent.starts_with("hassio.") {
+            Install::Supervisor
+        } else {
+            Install::Core
+        }
+    }
+}
+
+impl std::fmt::Display for Install {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Install::Core => "Home Assistant Core/Container (local agent backup.local)",
+            Install::Supervisor => {
+                "Home Assistant OS/Supervised (local agent hassio.local, Supervisor jobs)"
+            }
+            Install::Legacy => "legacy backup API (Home Assistant 2024.x or older)",
+        })
+    }
+}
+
+/// The agent whose copies live on the HA host: the configured one (which must exist), else
+/// `backup.local` (Core), else `hassio.local` (Supervisor). The error names what HA offers.
+pub fn choose_local_agent(
+    agents: &[AgentInfo],
+    configured: Option<&str>,
+) -> Result<String, String> {
+    let has = |id: &str| agents.iter().any(|a| a.agent_id == id);
+    let offered = || {
+        let ids: Vec<&str> = agents.iter().map(|a| a.agent_id.as_str()).collect();
+        if ids.is_empty() {
+            "none".to_string()
+        } else {
+            ids.join(", ")
+        }
+    };
+    if let Some(c) = configured {
+        return if has(c) {
+            Ok(c.to_string())
+        } else {
+            Err(format!(
+                "backup agent {c:?} (backup.agent_id) is not offered by Home Assistant; it offers: {}",
+                offered()
+            ))
+        };
+    }
+    ["backup.local", "hassio.local"]
+        .into_iter()
+        .find(|id| has(id))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            format!(
+                "Home Assistant offers no local backup agent (backup.local or hassio.local); it offers: {}. \
+                 Set backup.agent_id to the one that keeps backups on the HA host",
+                offered()
+            )
+        })
 }
 
 impl BackupList {
@@ -191,7 +286,8 @@ fn parse_backup(v: &Value) -> Result<Backup, HaError> {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     if let Some(id) = s("backup_id") {
         let agents_obj = v.get("agents").and_then(Value::as_object);
-        let local = agents_obj.and_then(|a| a.get("backup.local"));
+        let local =
+            agents_obj.and_then(|a| a.get("backup.local").or_else(|| a.get("hassio.local")));
         let any_agent = agents_obj.and_then(|a| a.values().next());
         let size = local
             .or(any_agent)
@@ -371,6 +467,29 @@ impl Client {
             .map_err(|e| HaError::Protocol(format!("backup/agents/info: {e}")))
     }
 
+    /// The backup id a Supervisor job produced (`supervisor/api` `GET /jobs/<id>`, field `reference`):
+    /// `Some` once the job is done and names one, `None` while it runs or when it names none.
+    pub async fn supervisor_job_reference(&self, job_id: &str) -> Result<Option<String>, HaError> {
+        if job_id.is_empty()
+            || !job_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(HaError::Protocol(format!(
+                "{:?} is not a Supervisor job id",
+                clip(job_id, 80)
+            )));
+        }
+        let v = self
+            .call(json!({"type": "supervisor/api", "endpoint": format!("/jobs/{job_id}"), "method": "get"}))
+            .await?;
+        let done = v.get("done").and_then(Value::as_bool).unwrap_or(false);
+        Ok(v.get("reference")
+            .and_then(Value::as_str)
+            .filter(|r| done && !r.is_empty())
+            .map(|r| clip(r, 100)))
+    }
+
     /// `backup/config/info` (modern): HA's own automatic-backup settings, as HA sends them.
     pub async fn backup_config(&self) -> Result<Value, HaError> {
         let v = self.call(json!({"type": "backup/config/info"})).await?;
@@ -381,6 +500,48 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_local_agent_is_asked_not_assumed() {
+        let agents = |ids: &[&str]| -> Vec<AgentInfo> {
+            ids.iter()
+                .map(|id| AgentInfo {
+                    agent_id: id.to_string(),
+                    name: String::new(),
+                })
+                .collect()
+        };
+        let core = agents(&["backup.local", "cloud.cloud"]);
+        let os = agents(&["hassio.local", "hassio.nas", "cloud.cloud"]);
+        assert_eq!(choose_local_agent(&core, None).unwrap(), "backup.local");
+        assert_eq!(choose_local_agent(&os, None).unwrap(), "hassio.local");
+        assert_eq!(
+            choose_local_agent(&os, Some("hassio.nas")).unwrap(),
+            "hassio.nas"
+        );
+        let e = choose_local_agent(&core, Some("hassio.local")).unwrap_err();
+        assert!(e.contains("backup.local, cloud.cloud"), "{e}");
+        let e = choose_local_agent(&agents(&["cloud.cloud"]), None).unwrap_err();
+        assert!(
+            e.contains("backup.agent_id") && e.contains("cloud.cloud"),
+            "{e}"
+        );
+        assert_eq!(Install::of_agent("hassio.local"), Install::Supervisor);
+        assert_eq!(Install::of_agent("backup.local"), Install::Core);
+    }
+
+    #[test]
+    fn a_supervisor_backup_says_where_its_copy_is_and_when_it_was_asked_for() {
+        let v = json!({"backup_id": "5f2a9c1e", "name": "hapull x", "date": "2026-11-26T09:07:40.5+00:00",
+            "extra_metadata": {"instance_id": "abc", "supervisor.backup_request_date": "2026-11-26T10:07:39.253410+01:00"},
+            "agents": {"hassio.local": {"protected": true, "size": 4096}, "hassio.nas": {"protected": false, "size": 4000}}});
+        let b = Backup::from_value(&v).unwrap();
+        assert_eq!((b.size, b.protected), (Some(4096), true));
+        assert_eq!(b.on_agent("hassio.nas"), Some((Some(4000), false)));
+        assert_eq!(b.on_agent("backup.local"), None);
+        assert_eq!(b.instance_id(), Some("abc"));
+        assert_eq!(b.request_date(), Some("2026-11-26T10:07:39.253410+01:00"));
+    }
 
     #[test]
     fn parses_every_event_shape_ha_sends() {

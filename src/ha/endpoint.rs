@@ -118,6 +118,12 @@ impl Endpoint {
         self.port
     }
 
+    /// The path prefix Home Assistant is served under (empty unless behind a proxy at a sub-path),
+    /// for its HTTP API: `<prefix>/api/...`.
+    pub fn http_prefix(&self) -> &str {
+        self.path.strip_suffix("/api/websocket").unwrap_or("")
+    }
+
     /// The full `ws://` / `wss://` URL.
     pub fn ws_url(&self) -> String {
         format!(

@@ -8,7 +8,7 @@ pub enum HaError {
     #[error("cannot connect to Home Assistant at {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
     #[error(
-        "TLS with Home Assistant at {endpoint} failed: {reason}; if Home Assistant uses a self-signed certificate, set [home_assistant] ca_file to the CA that signed it"
+        "TLS with Home Assistant at {endpoint} failed: {reason}; use in [home_assistant] url the host name the certificate is issued for, and if Home Assistant uses a self-signed certificate, set [home_assistant] ca_file to the CA that signed it"
     )]
     Tls { endpoint: String, reason: String },
     #[error(
@@ -25,7 +25,7 @@ pub enum HaError {
     Timeout { command: String, after: Duration },
     #[error("the connection to Home Assistant was lost: {0}")]
     ConnectionLost(String),
-    #[error("Home Assistant answered {command} with error {code}: {message}")]
+    #[error("Home Assistant answered {command} with error {code}: {message}{hint}", hint = command_hint(code))]
     Command {
         command: String,
         code: String,
@@ -60,6 +60,16 @@ impl HaError {
     /// True when Home Assistant does not know the command (older versions, integration not loaded).
     pub fn is_unknown_command(&self) -> bool {
         self.code() == Some("unknown_command")
+    }
+}
+
+/// What to do about an error code that always means the same thing.
+fn command_hint(code: &str) -> &'static str {
+    match code {
+        "unauthorized" => {
+            "; the token's user is not an administrator: backups need a long-lived access token of an administrator (make the user an administrator under Settings → People, or create the token as one)"
+        }
+        _ => "",
     }
 }
 

@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use backup::{
-    AgentInfo, Backup, BackupApi, BackupEvent, BackupList, BackupState, GenerateRequest,
-    LegacyBackup,
+    AgentInfo, Backup, BackupApi, BackupEvent, BackupList, BackupState, GenerateRequest, Install,
+    LegacyBackup, choose_local_agent,
 };
 pub use connection::SubItem;
 pub use endpoint::{Endpoint, EndpointError};

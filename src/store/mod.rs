@@ -28,10 +28,13 @@
 //! async callers should use `tokio::task::spawn_blocking`.
 
 mod archive;
+pub mod extract;
 mod ledger;
 pub mod lock;
 mod names;
 mod retention;
+pub mod securetar;
+mod stream_verify;
 mod tar_stream;
 
 use std::fs::{self, File};
@@ -45,14 +48,19 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{info, warn};
 
+use crate::secret::Secret;
+
 pub use archive::{
-    ArchiveError, ArchiveSummary, BackupJson, HomeAssistantPart, MAX_BACKUP_JSON,
-    MAX_OUTER_MEMBERS, MemberInfo, TarError, Verify, parse_backup_json,
-    parse_backup_json_from_tar_prefix, verify_file, verify_reader,
+    ArchiveError, ArchiveSummary, BackupJson, HomeAssistantPart, Level, MAX_BACKUP_JSON,
+    MAX_OUTER_MEMBERS, MemberInfo, NO_PASSWORD_WARNING, TarError, Verify, VerifyOptions,
+    parse_backup_json, parse_backup_json_from_tar_prefix, verify_file, verify_file_with,
+    verify_reader, verify_reader_with,
 };
 pub use ledger::{Entry as LedgerEntry, LEDGER_FILE, Ledger};
 pub use names::{MAX_COMPONENT_BYTES, NameError, safe_component, sanitize_for_filename};
 pub use retention::{Decision, RetentionPolicy, plan};
+pub use securetar::{Keys, SecureTarError};
+pub use stream_verify::StreamVerifier;
 
 pub(crate) use archive::hash_file;
 
@@ -86,6 +94,11 @@ pub struct CommitInfo {
     pub source_path: String,
     /// How deeply to check the archive before committing it.
     pub verify: Verify,
+    /// The backup password, for protected backups.
+    pub password: Option<Secret>,
+    /// What a [`StreamVerifier`] proved while the file was pulled; the commit then does not read
+    /// the file again.
+    pub verified: Option<ArchiveSummary>,
 }
 
 /// The manifest stored beside each archive.
@@ -109,6 +122,20 @@ pub struct Manifest {
     pub hapull_version: String,
     /// The archive's file name, beside the manifest.
     pub archive: String,
+    /// What verification proved before the commit (absent in manifests of older versions, which
+    /// did not record it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Level>,
+    /// SecureTar version of the encrypted inner archives, when they were opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub securetar: Option<u8>,
+}
+
+impl Manifest {
+    /// `full`, `structure`, or `unrecorded` (a manifest from before levels were recorded).
+    pub fn verified_str(&self) -> &'static str {
+        self.verified.map_or("unrecorded", Level::as_str)
+    }
 }
 
 /// An archive in the store, as described by its manifest.
@@ -167,6 +194,10 @@ pub struct VerifyReport {
     pub actual_sha256: String,
     /// Empty when the archive is intact.
     pub problems: Vec<String>,
+    /// What was proven when the archive's structure was checked (`None`: only re-hashed).
+    pub level: Option<Level>,
+    /// Why the level is lower than full, for a person.
+    pub warnings: Vec<String>,
 }
 
 impl VerifyReport {
@@ -186,6 +217,8 @@ pub enum StoreError {
     },
     #[error("{} is not an intact Home Assistant backup: {source}", path.display())]
     Archive { path: PathBuf, source: ArchiveError },
+    #[error("{} cannot be opened: {source}", path.display())]
+    WrongPassword { path: PathBuf, source: ArchiveError },
     #[error("unusable backup id: {0}")]
     Name(#[from] NameError),
     #[error(
@@ -372,12 +405,45 @@ impl Store {
             return Ok(existing);
         }
 
-        let summary = verify_file(partial, &backup_id, info.verify).map_err(|source| {
-            StoreError::Archive {
-                path: partial.to_owned(),
-                source,
+        // Verified while it was pulled: the bytes the verifier read are the bytes the transfer
+        // hashed and wrote, so there is nothing to re-read. Otherwise, one read does both.
+        let streamed = info.verified.is_some();
+        let summary = match &info.verified {
+            Some(summary) => {
+                if summary.backup.slug != backup_id {
+                    return Err(StoreError::Archive {
+                        path: partial.to_owned(),
+                        source: ArchiveError::SlugMismatch {
+                            expected: backup_id,
+                            found: tar_stream::shown(&summary.backup.slug),
+                        },
+                    });
+                }
+                summary.clone()
             }
-        })?;
+            None => {
+                let mut keys = info.password.clone().map(Keys::new);
+                verify_file_with(
+                    partial,
+                    &backup_id,
+                    VerifyOptions {
+                        mode: info.verify,
+                        keys: keys.as_mut(),
+                        hash: true,
+                    },
+                )
+                .map_err(|source| match source {
+                    ArchiveError::WrongPassword { .. } => StoreError::WrongPassword {
+                        path: partial.to_owned(),
+                        source,
+                    },
+                    source => StoreError::Archive {
+                        path: partial.to_owned(),
+                        source,
+                    },
+                })?
+            }
+        };
         if summary.size != info.size {
             return Err(StoreError::SizeMismatch {
                 path: partial.to_owned(),
@@ -385,7 +451,7 @@ impl Store {
                 actual: summary.size,
             });
         }
-        if summary.sha256 != info.sha256 {
+        if !streamed && summary.sha256 != info.sha256 {
             return Err(StoreError::HashMismatch {
                 path: partial.to_owned(),
                 expected: new_sha,
@@ -431,7 +497,12 @@ impl Store {
             source_path: info.source_path.clone(),
             hapull_version: env!("CARGO_PKG_VERSION").to_owned(),
             archive: archive_name.clone(),
+            verified: Some(summary.level),
+            securetar: summary.securetar,
         };
+        for w in &summary.warnings {
+            warn!(backup_id = %backup_id, "{w}");
+        }
 
         ensure_dir(&self.root, &self.root.join(&year))?;
         ensure_dir(&self.root.join(&year), &dir)?;
@@ -558,20 +629,37 @@ impl Store {
 
     /// Re-hashes the archive and compares size and SHA-256 with its manifest.
     pub fn verify(&self, archive: &StoredArchive) -> Result<VerifyReport, StoreError> {
-        self.verify_with(archive, None)
+        self.verify_with(archive, None, None)
     }
 
-    /// Like [`Store::verify`], and with `Some(mode)` also re-checks the archive's structure.
+    /// Like [`Store::verify`], and with `Some(mode)` also re-checks the archive's structure and, in
+    /// [`Verify::Full`] mode, reads every inner archive (decrypting a protected backup's with
+    /// `keys`), all in the same single read of the file.
     pub fn verify_with(
         &self,
         archive: &StoredArchive,
         structure: Option<Verify>,
+        keys: Option<&mut Keys>,
     ) -> Result<VerifyReport, StoreError> {
         let m = &archive.manifest;
         let mut problems = Vec::new();
+        let mut level = None;
+        let mut warnings = Vec::new();
         let checked = match structure {
-            Some(mode) => match verify_file(&archive.path, &m.backup_id, mode) {
-                Ok(summary) => Some((summary.size, summary.sha256)),
+            Some(mode) => match verify_file_with(
+                &archive.path,
+                &m.backup_id,
+                VerifyOptions {
+                    mode,
+                    keys,
+                    hash: true,
+                },
+            ) {
+                Ok(summary) => {
+                    level = Some(summary.level);
+                    warnings = summary.warnings;
+                    Some((summary.size, summary.sha256))
+                }
                 Err(ArchiveError::Open { source, .. }) => {
                     return Err(io_err("read", &archive.path)(source));
                 }
@@ -606,6 +694,8 @@ impl Store {
             expected_sha256: m.sha256.clone(),
             actual_sha256,
             problems,
+            level,
+            warnings,
         })
     }
 

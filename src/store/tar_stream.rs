@@ -4,7 +4,8 @@
 //! early end of file as a normal end of archive and reads GNU long-name and pax headers of any declared
 //! size into memory. This reader insists on the end-of-archive marker, reports a short member as
 //! truncation, caps every piece of metadata it buffers, and never allocates in proportion to a size
-//! field. It never writes anything anywhere: member names are data to compare, not paths.
+//! field. It never writes anything anywhere: member names and link targets are untrusted data; the
+//! extractor (`extract.rs`) is the one place that turns them into paths, after checking them.
 
 use std::io::{self, Read};
 
@@ -66,7 +67,7 @@ pub enum TarError {
 /// One member's header, after pax and GNU extension headers have been applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    /// The stored name, lossily decoded. Never used as a path.
+    /// The stored name, lossily decoded. Untrusted: never used as a path without checking.
     pub name: String,
     /// The type flag byte (`b'0'`, `b'5'`, ...).
     pub kind: u8,
@@ -74,6 +75,11 @@ pub struct Member {
     pub size: u64,
     /// Offset of the member's (first) header in the stream.
     pub offset: u64,
+    /// Target of a symbolic or hard link (pax `linkpath`, GNU long link, or the header field).
+    /// Untrusted, like the name.
+    pub link: String,
+    /// Permission bits from the header.
+    pub mode: u32,
 }
 
 impl Member {
@@ -133,6 +139,8 @@ impl<R: Read> TarStream<R> {
         self.skip_rest()?;
 
         let mut long_name: Option<String> = None;
+        let mut long_link: Option<String> = None;
+        let mut pax_link: Option<String> = None;
         let mut pax_path: Option<String> = None;
         let mut pax_size: Option<u64> = None;
         let mut first_offset: Option<u64> = None;
@@ -164,12 +172,15 @@ impl<R: Read> TarStream<R> {
             match kind {
                 b'x' => {
                     let data = self.read_extension(header_offset, "pax", header_size)?;
-                    let (path, size) = parse_pax(&data, header_offset)?;
+                    let (path, size, link) = parse_pax(&data, header_offset)?;
                     if path.is_some() {
                         pax_path = path;
                     }
                     if size.is_some() {
                         pax_size = size;
+                    }
+                    if link.is_some() {
+                        pax_link = link;
                     }
                     continue;
                 }
@@ -179,8 +190,14 @@ impl<R: Read> TarStream<R> {
                     long_name = Some(String::from_utf8_lossy(&data[..end]).into_owned());
                     continue;
                 }
-                b'g' | b'K' => {
-                    // Global pax records and long link targets do not affect what is verified.
+                b'K' => {
+                    let data = self.read_extension(header_offset, "GNU long link", header_size)?;
+                    let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+                    long_link = Some(String::from_utf8_lossy(&data[..end]).into_owned());
+                    continue;
+                }
+                b'g' => {
+                    // Global pax records do not affect what is verified or extracted.
                     self.begin_data(header_size, "an extended header");
                     self.skip_rest()?;
                     continue;
@@ -194,6 +211,11 @@ impl<R: Read> TarStream<R> {
                 (None, None) => header_name(&block),
             };
             let size = pax_size.unwrap_or(header_size);
+            let link = match (pax_link, long_link) {
+                (Some(l), _) | (None, Some(l)) => l,
+                (None, None) => String::from_utf8_lossy(cstr(&block[157..257])).into_owned(),
+            };
+            let mode = parse_octal(&block[100..108]).unwrap_or(0o644) as u32 & 0o7777;
             // Links, devices, directories and fifos carry no data even if a size is stored; this is
             // how Python's tarfile (which writes and reads Home Assistant's archives) treats them.
             let data_size = if matches!(kind, b'1'..=b'6') { 0 } else { size };
@@ -203,6 +225,8 @@ impl<R: Read> TarStream<R> {
                 kind,
                 size: data_size,
                 offset: first_offset.unwrap_or(header_offset),
+                link,
+                mode,
             }));
         }
     }
@@ -493,11 +517,16 @@ fn header_name(block: &[u8; BLOCK]) -> String {
     }
 }
 
-/// Parses pax records (`"<len> <key>=<value>\n"`), returning `path` and `size` if present.
-fn parse_pax(data: &[u8], offset: u64) -> Result<(Option<String>, Option<u64>), TarError> {
+/// The `path`, `size` and `linkpath` of pax records.
+type PaxFields = (Option<String>, Option<u64>, Option<String>);
+
+/// Parses pax records (`"<len> <key>=<value>\n"`), returning `path`, `size` and `linkpath` if
+/// present.
+fn parse_pax(data: &[u8], offset: u64) -> Result<PaxFields, TarError> {
     let bad = |reason| TarError::BadPax { offset, reason };
     let mut path = None;
     let mut size = None;
+    let mut link = None;
     let mut rest = data;
     while !rest.is_empty() {
         if rest.iter().all(|&b| b == 0) {
@@ -524,6 +553,7 @@ fn parse_pax(data: &[u8], offset: u64) -> Result<(Option<String>, Option<u64>), 
         let (key, value) = (&record[..eq], &record[eq + 1..]);
         match key {
             b"path" => path = Some(String::from_utf8_lossy(value).into_owned()),
+            b"linkpath" => link = Some(String::from_utf8_lossy(value).into_owned()),
             b"size" => {
                 let text = std::str::from_utf8(value).map_err(|_| bad("non-numeric size"))?;
                 size = Some(text.parse().map_err(|_| bad("non-numeric size"))?);
@@ -532,7 +562,7 @@ fn parse_pax(data: &[u8], offset: u64) -> Result<(Option<String>, Option<u64>), 
         }
         rest = &rest[len..];
     }
-    Ok((path, size))
+    Ok((path, size, link))
 }
 
 #[cfg(test)]
@@ -626,7 +656,7 @@ mod tests {
         let rec = b"16 path=abc.txt\n10 size=7\n";
         assert_eq!(
             parse_pax(rec, 0).unwrap(),
-            (Some("abc.txt".to_owned()), Some(7))
+            (Some("abc.txt".to_owned()), Some(7), None)
         );
         assert!(parse_pax(b"99 path=x\n", 0).is_err());
         assert!(parse_pax(b"x path=x\n", 0).is_err());

@@ -193,6 +193,43 @@ pub enum TransferError {
         source: std::io::Error,
     },
 
+    /// The HTTPS server could not be reached (name, port, TCP), or the connection dropped mid-download.
+    #[error(
+        "cannot download {url}: {message}; check that Home Assistant is up and reachable at that address"
+    )]
+    HttpUnreachable { url: String, message: String },
+
+    /// The TLS handshake failed: the certificate is not trusted or not issued for this name.
+    #[error(
+        "TLS with {url} failed: {reason}; use the host name the certificate was issued for in \
+         home_assistant.url, or give the certificate of the CA that signed it as home_assistant.ca_file"
+    )]
+    Tls { url: String, reason: String },
+
+    /// The server answered with a status other than the file.
+    #[error("{url} answered HTTP {status}: {hint}")]
+    HttpStatus {
+        url: String,
+        status: u16,
+        hint: String,
+        transient: bool,
+    },
+
+    /// The server answered with a redirect, which is never followed (it could send the token elsewhere).
+    #[error(
+        "{url} answered HTTP {status} redirecting to {location:?}; redirects are not followed: \
+         set home_assistant.url to the address Home Assistant serves itself"
+    )]
+    Redirect {
+        url: String,
+        status: u16,
+        location: String,
+    },
+
+    /// The response does not follow HTTP/1.1 (bad status line, headers or chunk framing).
+    #[error("{url}: malformed HTTP response: {message}")]
+    HttpProtocol { url: String, message: String },
+
     /// The retry budget ran out; the last error is attached.
     #[error("giving up after {attempts} attempts: {last}")]
     RetriesExhausted {
@@ -212,6 +249,12 @@ impl TransferError {
                 | TransferError::Disconnected { .. }
                 | TransferError::StepTimeout { .. }
                 | TransferError::RemoteChanged { .. }
+                | TransferError::HttpUnreachable { .. }
+                | TransferError::HttpProtocol { .. }
+                | TransferError::HttpStatus {
+                    transient: true,
+                    ..
+                }
         )
     }
 

@@ -1,4 +1,6 @@
-//! SFTP pull engine: fetch one remote file into a local path, byte-exact, hashed, resumable, atomic.
+//! Pull engines: fetch one remote file into a local path, byte-exact, hashed, resumable, atomic —
+//! over SFTP ([`pull`]) or HTTPS ([`download`], in `http.rs`). Both hand every chunk to the same
+//! writer, so whatever checks the bytes on the way sees one stream whichever transport brought it.
 //!
 //! It connects with russh, verifies the host key (known_hosts or pinned fingerprints, never "accept
 //! anything"), logs in with a key, and pulls with many SFTP reads outstanding while a writer thread
@@ -13,6 +15,7 @@
 
 mod error;
 mod hostkey;
+mod http;
 mod pull;
 mod session;
 
@@ -21,9 +24,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
 
 pub use error::TransferError;
 pub use hostkey::{HostKeyInfo, HostKeyPolicy};
+pub use http::{HttpTarget, download, download_observed};
 pub use session::{Identity, RemoteEntry, Session, SessionOptions, load_identity, scan_host_key};
 
 use crate::secret::Secret;
@@ -97,6 +102,19 @@ impl PullOutcome {
     }
 }
 
+/// Sees every byte of a pulled file, in file order from offset 0, as the pull writes it (a resumed
+/// pull first re-feeds the prefix already on disk). A fresh observer is made for each attempt, so a
+/// retry never feeds one observer twice. It runs on the writer thread: it must not block for long.
+/// The transfer knows nothing of what the observer does with the bytes.
+pub trait ByteObserver: Send + 'static {
+    fn observe(&mut self, bytes: Bytes);
+}
+
+/// No observer.
+impl ByteObserver for () {
+    fn observe(&mut self, _bytes: Bytes) {}
+}
+
 /// Pulls `remote` from `target` into `local`, reconnecting and resuming after transient failures
 /// within `opts.retry_budget`. The identity is decrypted once, before the first attempt.
 ///
@@ -120,12 +138,27 @@ pub async fn pull_with(
     local: &Path,
     opts: &PullOptions,
 ) -> Result<PullOutcome, TransferError> {
+    pull_observed(target, identity, remote, local, opts, || ())
+        .await
+        .map(|(outcome, ())| outcome)
+}
+
+/// [`pull_with`], showing every byte to an observer made by `new_observer` for each attempt; returns
+/// the observer of the attempt that completed.
+pub async fn pull_observed<O: ByteObserver>(
+    target: &SshTarget,
+    identity: &Identity,
+    remote: &str,
+    local: &Path,
+    opts: &PullOptions,
+    new_observer: impl Fn() -> O + Sync,
+) -> Result<(PullOutcome, O), TransferError> {
     let started = Instant::now();
     let attempts = AtomicU32::new(0);
     let attempt = || async {
         attempts.fetch_add(1, Ordering::Relaxed);
         let session = Session::connect_with(target, identity, &opts.session).await?;
-        let result = pull::pull_once(&session, remote, local, opts).await;
+        let result = pull::pull_once(&session, remote, local, opts, new_observer()).await;
         session.close().await;
         result
     };
@@ -144,10 +177,10 @@ pub async fn pull_with(
         .await;
     let attempts = attempts.load(Ordering::Relaxed);
     match result {
-        Ok(mut outcome) => {
+        Ok((mut outcome, observer)) => {
             outcome.attempts = attempts;
             outcome.duration = started.elapsed();
-            Ok(outcome)
+            Ok((outcome, observer))
         }
         Err(e) if e.is_transient() && attempts > 1 => Err(TransferError::RetriesExhausted {
             attempts,

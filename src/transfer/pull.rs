@@ -8,16 +8,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::StatusCode;
 
 use super::session::Session;
-use super::{PullOptions, PullOutcome, TransferError};
+use super::{ByteObserver, PullOptions, PullOutcome, TransferError};
 
 /// Chunks queued between the network and the writer; bounds memory together with the read window.
-const WRITER_QUEUE: usize = 16;
+pub(super) const WRITER_QUEUE: usize = 16;
 /// Dirty bytes after which the writer asks the kernel to start writing them out, so the disk works
 /// while the network does and the final fsync has little left to do.
 const WRITEBACK_STEP: u64 = 32 * 1024 * 1024;
@@ -81,7 +82,7 @@ fn resume_point(paths: &LocalPaths, wanted_meta: &str, size: u64) -> Result<u64,
     Ok(0)
 }
 
-fn available_space(dir: &Path) -> std::io::Result<u64> {
+pub(super) fn available_space(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -110,20 +111,24 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
-fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
+pub(super) fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
     crate::private_fs::write_atomic(path, text.as_bytes())
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     crate::private_fs::sync_dir(dir)
 }
 
-/// The writer side: re-hashes the kept prefix, then appends and hashes each chunk in order.
-fn writer(
+/// The writer side: re-hashes the kept prefix, then appends and hashes each chunk in order. The
+/// observer sees every byte from offset 0: the kept prefix as it is re-read, then each chunk once it
+/// is written. Shared by every transport, so the observer sees the same stream whichever way the
+/// bytes came.
+pub(super) fn writer<O: ByteObserver>(
     partial: PathBuf,
     keep: u64,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-) -> Result<([u8; 32], u64), TransferError> {
+    mut observer: O,
+) -> Result<([u8; 32], u64, O), TransferError> {
     // Private from the first byte: an unprotected backup holds every secret of the home.
     let mut file = crate::private_fs::options()
         .create(true)
@@ -147,6 +152,7 @@ fn writer(
         }
         let n = n.min(usize::try_from(keep - hashed).unwrap_or(n));
         ctx.update(&buf[..n]);
+        observer.observe(Bytes::copy_from_slice(&buf[..n]));
         hashed += n as u64;
     }
     drop(buf);
@@ -159,6 +165,7 @@ fn writer(
             .map_err(|e| TransferError::local("write", &partial, e))?;
         ctx.update(&chunk);
         total += chunk.len() as u64;
+        observer.observe(Bytes::from(chunk));
         if total - flushed >= WRITEBACK_STEP {
             start_writeback(&file, flushed, total - flushed);
             flushed = total;
@@ -168,10 +175,10 @@ fn writer(
         .map_err(|e| TransferError::local("fsync", &partial, e))?;
     let mut sha = [0u8; 32];
     sha.copy_from_slice(ctx.finish().as_ref());
-    Ok((sha, total))
+    Ok((sha, total, observer))
 }
 
-struct Progress {
+pub(super) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     started: Instant,
     last_log: Instant,
@@ -180,7 +187,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(show_bar: bool, base: u64, size: u64) -> Self {
+    pub(super) fn new(show_bar: bool, base: u64, size: u64) -> Self {
         use std::io::IsTerminal;
         let bar = (show_bar && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(size);
@@ -202,7 +209,7 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, done: u64) {
+    pub(super) fn update(&mut self, done: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(done);
         } else if self.last_log.elapsed() >= LOG_INTERVAL {
@@ -218,32 +225,34 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
     }
 }
 
-pub(crate) async fn pull_once(
+pub(crate) async fn pull_once<O: ByteObserver>(
     s: &Session,
     remote: &str,
     local: &Path,
     opts: &PullOptions,
-) -> Result<PullOutcome, TransferError> {
+    observer: O,
+) -> Result<(PullOutcome, O), TransferError> {
     let handle = s.open_read(remote).await?;
-    let result = pull_open(s, &handle, remote, local, opts).await;
+    let result = pull_open(s, &handle, remote, local, opts, observer).await;
     let _ = s.sftp.close(handle).await;
     result
 }
 
-async fn pull_open(
+async fn pull_open<O: ByteObserver>(
     s: &Session,
     handle: &str,
     remote: &str,
     local: &Path,
     opts: &PullOptions,
-) -> Result<PullOutcome, TransferError> {
+    observer: O,
+) -> Result<(PullOutcome, O), TransferError> {
     let started = Instant::now();
     let attrs = s
         .sftp
@@ -300,7 +309,7 @@ async fn pull_open(
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(WRITER_QUEUE);
     let partial = paths.partial.clone();
-    let writer = tokio::task::spawn_blocking(move || writer(partial, keep, rx));
+    let writer = tokio::task::spawn_blocking(move || writer(partial, keep, rx, observer));
 
     let fetched = fetch(s, handle, remote, keep, size, opts, tx).await;
     let written = writer.await.map_err(|e| {
@@ -311,7 +320,7 @@ async fn pull_open(
         )
     })?;
     // A failed write makes the reader stop too; the writer's error is the one that explains why.
-    let (sha256, total) = written?;
+    let (sha256, total, observer) = written?;
     fetched?;
 
     let after = s
@@ -343,13 +352,16 @@ async fn pull_open(
     }
     sync_dir(&paths.dir).map_err(|e| TransferError::local("fsync", &paths.dir, e))?;
 
-    Ok(PullOutcome {
-        size,
-        sha256,
-        duration: started.elapsed(),
-        resumed_bytes: keep,
-        attempts: 1,
-    })
+    Ok((
+        PullOutcome {
+            size,
+            sha256,
+            duration: started.elapsed(),
+            resumed_bytes: keep,
+            attempts: 1,
+        },
+        observer,
+    ))
 }
 
 /// Keeps `s.outstanding` reads in flight and hands the answers, in file order, to the writer.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::sshd::Sshd;
 use hapull::config::{BackupMode, VerifyLevel};
-use hapull::cycle::{Context, CycleError, Settings, Step};
+use hapull::cycle::{Context, CycleError, Settings, Source, Step};
 use hapull::ha::{Client, ClientOptions, Endpoint, GenerateRequest};
 use hapull::secret::Secret;
 use hapull::store::{RetentionPolicy, Store};
@@ -72,13 +72,13 @@ async fn context(rig: &Rig, mode: BackupMode, keep_on_ha: u32) -> Context {
     let identity = hapull::transfer::load_identity(&ssh.identity_file, None).unwrap();
     Context {
         client: client(&rig.sim).await,
-        identity,
-        ssh,
+        source: Source::Sftp { ssh, identity },
         store: Arc::new(Store::open(&rig.store_dir).unwrap()),
         audit: None,
         settings: Settings {
             mode,
             shell_command: "delete_backups".into(),
+            agent_id: None,
             name_template: "hapull {date}".into(),
             include_database: true,
             password: None,
@@ -408,7 +408,10 @@ async fn a_broken_ssh_side_is_found_before_home_assistant_makes_a_backup() {
         format!("[127.0.0.1]:{} {}\n", rig.sshd.port, other.host_public_key),
     )
     .unwrap();
-    ctx.ssh.host_keys = HostKeyPolicy::KnownHosts {
+    let Source::Sftp { ssh, .. } = &mut ctx.source else {
+        unreachable!("the rig uses SFTP")
+    };
+    ssh.host_keys = HostKeyPolicy::KnownHosts {
         path: kh,
         trust_on_first_use: false,
     };

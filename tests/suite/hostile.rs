@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::support::sshd::Sshd;
 use futures_util::{SinkExt, StreamExt};
 use hapull::config::{BackupMode, VerifyLevel};
-use hapull::cycle::{Context, CycleError, Settings, Step, ha_archive_file_name};
+use hapull::cycle::{Context, CycleError, Settings, Source, Step, ha_archive_file_name};
 use hapull::ha::{
     Client, ClientOptions, ConnectionState, Endpoint, HaError, Incoming, SubItem, decode_frame,
 };
@@ -194,13 +194,13 @@ async fn context(client: Client, ssh: SshTarget, store: &Path, remote_dir: &Path
     let identity = hapull::transfer::load_identity(&ssh.identity_file, None).unwrap();
     Context {
         client,
-        identity,
-        ssh,
+        source: Source::Sftp { ssh, identity },
         store: Arc::new(Store::open(store).unwrap()),
         audit: None,
         settings: Settings {
             mode: BackupMode::Api,
             shell_command: "delete_backups".into(),
+            agent_id: None,
             name_template: "hapull {date}".into(),
             include_database: true,
             password: None,

@@ -79,6 +79,8 @@ fn commit(store: &Store, slug: &str, payload: usize, pulled_at: &str) -> StoredA
                 source_host: "ha.test".into(),
                 source_path: format!("/backups/{slug}.tar"),
                 verify: Verify::Structure,
+                password: None,
+                verified: None,
             },
         )
         .unwrap()
@@ -636,7 +638,7 @@ mod cycle_rig {
     use super::*;
     use crate::support::sshd::Sshd;
     use hapull::config::{BackupMode, VerifyLevel};
-    use hapull::cycle::{Context, Settings};
+    use hapull::cycle::{Context, Settings, Source};
     use hapull::ha::{Client, ClientOptions, Endpoint};
     use hapull::secret::Secret;
     use hapull::transfer::{HostKeyPolicy, PullOptions, SshTarget};
@@ -689,13 +691,16 @@ mod cycle_rig {
         };
         let ctx = Context {
             client: Client::connect(co).await.unwrap(),
-            identity: hapull::transfer::load_identity(&ssh.identity_file, None).unwrap(),
-            ssh,
+            source: Source::Sftp {
+                identity: hapull::transfer::load_identity(&ssh.identity_file, None).unwrap(),
+                ssh,
+            },
             store: Arc::new(Store::open(&store_dir).unwrap()),
             audit: Some(audit.clone()),
             settings: Settings {
                 mode: BackupMode::Api,
                 shell_command: "delete_backups".into(),
+                agent_id: None,
                 name_template: "hapull {date}".into(),
                 include_database: true,
                 password: None,

@@ -368,6 +368,8 @@ fn pulled(dir: &Path, slug: &str, name: &str, date: &str, pulled_at: &str) -> Pu
             source_host: "homeassistant.local".to_owned(),
             source_path: format!("/var/lib/hass/backups/{slug}.tar"),
             verify: Verify::Full,
+            password: None,
+            verified: None,
         },
     }
 }
@@ -440,7 +442,7 @@ fn commit_list_verify_remove_round_trip() {
     assert!(report.is_ok(), "{report:?}");
     assert!(
         store
-            .verify_with(&stored, Some(Verify::Full))
+            .verify_with(&stored, Some(Verify::Full), None)
             .unwrap()
             .is_ok()
     );
@@ -474,7 +476,9 @@ fn a_flipped_byte_fails_verification() {
         report.problems.iter().any(|p| p.contains("SHA-256")),
         "{report:?}"
     );
-    let deep = store.verify_with(&stored, Some(Verify::Full)).unwrap();
+    let deep = store
+        .verify_with(&stored, Some(Verify::Full), None)
+        .unwrap();
     assert!(!deep.is_ok());
 }
 
@@ -711,6 +715,8 @@ fn fake(i: usize, pulled_at: Timestamp) -> StoredArchive {
             source_path: "p".to_owned(),
             hapull_version: "0".to_owned(),
             archive: format!("{id}.tar"),
+            verified: None,
+            securetar: None,
         },
     }
 }
@@ -1054,6 +1060,8 @@ with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as outer:
                     "/var/lib/hass/backups/Automatic_backup_2026.11.0_2026-11-26_03.45_12000001.tar"
                         .to_owned(),
                 verify: Verify::Full,
+                password: None,
+                verified: None,
             },
         )
         .unwrap();

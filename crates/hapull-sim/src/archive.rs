@@ -27,6 +27,21 @@ pub(crate) struct ArchiveSpec<'a> {
     pub password: Option<&'a str>,
     pub instance_id: &'a str,
     pub payload_bytes: u64,
+    /// Written by the Supervisor: its `backup.json` fields and add-on, folder and
+    /// `supervisor.tar.gz` members.
+    pub supervisor: bool,
+    /// When Core asked the Supervisor for it (recorded in `extra`), if Core did.
+    pub request_date: Option<Timestamp>,
+}
+
+/// The Supervisor dates a backup when its job starts, a moment after Core asked for it (the file
+/// name follows Core's request date, `backup/info` the Supervisor's date).
+pub(crate) fn supervisor_date(request: Timestamp, supervisor: bool) -> Timestamp {
+    if supervisor {
+        request + jiff::SignedDuration::from_millis(1_250)
+    } else {
+        request
+    }
 }
 
 /// HA's ISO date with microseconds and an explicit UTC offset, e.g. `2026-11-26T09:07:39.253410+00:00`.
@@ -58,6 +73,29 @@ pub(crate) fn backup_json(spec: &ArchiveSpec<'_>) -> Value {
             "folders": ["homeassistant"],
             "homeassistant": {"version": spec.ha_version},
             "compressed": true,
+        });
+    }
+    if spec.supervisor {
+        let mut extra = json!({"instance_id": spec.instance_id, "with_automatic_settings": false});
+        if let Some(d) = spec.request_date {
+            extra["supervisor.backup_request_date"] = json!(iso_micros(d));
+        }
+        return json!({
+            "slug": spec.slug,
+            "version": 2,
+            "name": spec.name,
+            "date": iso_micros(supervisor_date(spec.date, spec.request_date.is_some())),
+            "type": "partial",
+            "supervisor_version": "2026.11.2",
+            "extra": extra,
+            "homeassistant": {"version": spec.ha_version, "exclude_database": !spec.include_database, "size": 0.01},
+            "compressed": true,
+            "protected": spec.password.is_some(),
+            "crypto": if spec.password.is_some() { json!("aes128") } else { Value::Null },
+            "addons": [{"slug": "core_ssh", "name": "Terminal & SSH", "version": "9.16.0", "size": 0.01}],
+            "repositories": [],
+            "folders": ["share"],
+            "docker": {},
         });
     }
     // Exactly the keys HA 2026.11 writes (checked against a real archive): no `folders`, `addons` or
@@ -96,7 +134,31 @@ pub(crate) fn build(spec: &ArchiveSpec<'_>) -> std::io::Result<Built> {
 
     let mut outer = tar::Builder::new(Vec::new());
     append(&mut outer, "./backup.json", &meta, mtime)?;
-    append(&mut outer, "homeassistant.tar.gz", &inner, mtime)?;
+    if spec.supervisor {
+        append(&mut outer, "./homeassistant.tar.gz", &inner, mtime)?;
+        for (member, file, text) in [
+            (
+                "./core_ssh.tar.gz",
+                "data/options.json",
+                "{\"authorized_keys\": []}",
+            ),
+            ("./share.tar.gz", "share/readme.txt", "shared folder"),
+            (
+                "./supervisor.tar.gz",
+                "supervisor.json",
+                "{\"version\": \"2026.11.2\"}",
+            ),
+        ] {
+            append(
+                &mut outer,
+                member,
+                &small_tar_gz(file, text.as_bytes(), mtime)?,
+                mtime,
+            )?;
+        }
+    } else {
+        append(&mut outer, "homeassistant.tar.gz", &inner, mtime)?;
+    }
     let mut bytes = outer.into_inner()?;
     let padded = bytes.len().div_ceil(TAR_RECORD) * TAR_RECORD;
     bytes.resize(padded, 0);
@@ -172,6 +234,13 @@ fn inner_archive(spec: &ArchiveSpec<'_>, mtime: u64) -> std::io::Result<Vec<u8>>
         let reader = PseudoRandom::new(seed_of(spec.slug)).take(spec.payload_bytes);
         builder.append_data(&mut header, "data/payload.bin", reader)?;
     }
+    builder.into_inner()?.finish()
+}
+
+/// A gzip'd tar holding one file: an add-on's, a folder's or the Supervisor's own member.
+fn small_tar_gz(path: &str, data: &[u8], mtime: u64) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    append_gz(&mut builder, path, data, mtime)?;
     builder.into_inner()?.finish()
 }
 

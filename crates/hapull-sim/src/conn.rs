@@ -498,8 +498,15 @@ impl Conn {
                 schema.check(&[], &[])?;
                 self.result(
                     id,
-                    json!({"agents": [{"agent_id": "backup.local", "name": "local"}]}),
+                    json!({"agents": [{"agent_id": self.shared.local_agent(), "name": "local"}]}),
                 );
+            }
+            ("supervisor/api", false) if self.shared.supervisor() => {
+                schema.check(
+                    &[("endpoint", Kind::Str), ("method", Kind::Str)],
+                    &[("data", Kind::Object), ("timeout", Kind::Int)],
+                )?;
+                self.supervisor_api(id, obj);
             }
             ("backup/config/info", false) => {
                 schema.check(&[], &[])?;
@@ -516,7 +523,7 @@ impl Conn {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        if !agents.contains(&"backup.local") {
+        if !agents.contains(&self.shared.local_agent()) {
             let listed = agents
                 .iter()
                 .map(|a| py_repr(&json!(a)))
@@ -552,7 +559,8 @@ impl Conn {
     /// `backup/generate` answers when the backup starts: after the first event, with the second.
     fn start_and_reply_early(&self, id: u64, mut req: JobRequest) {
         // The job id is only known once the job exists, so the reply is built from a reserved id.
-        let job_id = super::state::random_hex(8);
+        // Core: the job id is the backup id. Supervisor: a 32-hex job id, the backup id comes later.
+        let job_id = super::state::random_hex(if self.shared.supervisor() { 32 } else { 8 });
         req.early_reply = Some((
             self.id,
             result_msg(id, json!({"backup_job_id": job_id.clone()})),
@@ -563,6 +571,47 @@ impl Conn {
                 json!(id),
                 "home_assistant_error",
                 &format!("Backup manager busy: {why}"),
+            ),
+        }
+    }
+
+    /// The part of the Supervisor's API that HA's `supervisor/api` passes through and hapull uses:
+    /// `GET /jobs/<uuid>`, answered with the job's `data` as HA returns it.
+    fn supervisor_api(&self, id: u64, obj: &Map<String, Value>) {
+        let endpoint = obj.get("endpoint").and_then(Value::as_str).unwrap_or("");
+        let method = obj.get("method").and_then(Value::as_str).unwrap_or("");
+        let job = endpoint
+            .strip_prefix("/jobs/")
+            .filter(|_| method.eq_ignore_ascii_case("get"));
+        let known = job.and_then(|j| self.shared.lock().jobs.get(j).cloned());
+        match (job, known) {
+            (Some(job), Some(reference)) => {
+                let done = reference.is_some();
+                self.result(
+                    id,
+                    json!({
+                        "name": "backup_manager_partial_backup",
+                        "reference": reference,
+                        "uuid": job,
+                        "progress": if done { 100 } else { 0 },
+                        "stage": if done { Value::Null } else { json!("home_assistant") },
+                        "done": done,
+                        "errors": [],
+                        "created": "2026-11-26T09:07:39.253410+00:00",
+                        "child_jobs": [],
+                        "extra": null,
+                    }),
+                );
+            }
+            (Some(job), None) => self.error(
+                json!(id),
+                "home_assistant_error",
+                &format!("No job found with id {job}"),
+            ),
+            (None, _) => self.error(
+                json!(id),
+                "home_assistant_error",
+                &format!("Supervisor API {method} {endpoint} is not simulated"),
             ),
         }
     }

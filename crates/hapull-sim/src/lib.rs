@@ -16,7 +16,8 @@
 //!   masked with a password-derived keystream. `backup.json` says `protected: true`, as HA's does.
 //! - `invalid_format` messages follow voluptuous' wording for missing keys and wrong types; the wording
 //!   for extra keys is simplified (HA 2026 quotes the whole message).
-//! - No server-side WebSocket pings, no HTTP API (`/api/backup/download`), no slow-consumer eviction.
+//! - No server-side WebSocket pings, no slow-consumer eviction. Of HA's HTTP API only the backup
+//!   download (`/api/backup/download/<id>`) is served (see `http.rs`).
 //! - A failed backup goes `in_progress` (stage null), `in_progress` (home_assistant), then `failed` with
 //!   the given reason; the `backup.create` service then answers `home_assistant_error`
 //!   "Backup failed: <reason>".
@@ -25,6 +26,7 @@
 
 mod archive;
 mod conn;
+mod http;
 pub mod sftp_server;
 mod state;
 
@@ -47,13 +49,18 @@ pub enum SimVersion {
     Current,
     /// HA 2024.3.3: `backup/info` with slugs, a blocking `backup/generate`, `backup/remove`.
     Legacy,
+    /// HA 2026.11.0 on Home Assistant OS / Supervised: agent `hassio.local`, `backup/generate`
+    /// answers a Supervisor job id (the backup id comes later, from `supervisor/api` `/jobs/<id>`),
+    /// Supervisor stages, archives named after the request date and holding add-on, folder and
+    /// `supervisor.tar.gz` members, downloads streamed without `Range`.
+    Supervisor,
 }
 
 impl SimVersion {
     /// The `ha_version` string the server announces.
     pub fn ha_version(self) -> &'static str {
         match self {
-            SimVersion::Current => "2026.11.0",
+            SimVersion::Current | SimVersion::Supervisor => "2026.11.0",
             SimVersion::Legacy => "2024.3.3",
         }
     }
@@ -299,7 +306,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(conn::serve(shared.clone(), stream));
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    // One port for both, as in HA: the request line says which.
+                    if http::is_download(&stream).await {
+                        http::serve(shared, stream).await;
+                    } else {
+                        conn::serve(shared, stream).await;
+                    }
+                });
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -409,6 +424,23 @@ impl SimControl {
             .iter()
             .find(|b| b.id == backup_id)
             .map(|b| b.path.clone())
+    }
+
+    /// The next HTTP download sends this many body bytes, then drops the connection.
+    pub fn cut_next_download(&self, after_bytes: u64) {
+        self.shared.lock().faults.cut_download = Some(after_bytes);
+    }
+
+    /// Number of HTTP downloads served, and how many of them were `Range` requests.
+    pub fn downloads(&self) -> (u64, u64) {
+        let inner = self.shared.lock();
+        (inner.downloads, inner.range_downloads)
+    }
+
+    /// Adds a backup someone else made, as the Supervisor stores it (`<slug>.tar`, add-on and folder
+    /// members): e.g. an add-on update's backup or one made in HA's UI. Returns its id.
+    pub fn add_foreign_backup(&self, name: &str) -> std::io::Result<String> {
+        self.shared.add_foreign_backup(name)
     }
 
     /// The file of the backup being written right now, if any.

@@ -64,6 +64,8 @@ pub(crate) struct Faults {
     pub hang_next: bool,
     pub corrupt_next: Option<Corruption>,
     pub answer_delay: Duration,
+    /// Body bytes after which the next HTTP download is cut.
+    pub cut_download: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -93,6 +95,8 @@ pub(crate) struct BackupRecord {
     pub size: u64,
     pub protected: bool,
     pub database_included: bool,
+    /// When Core asked the Supervisor for it (Supervisor personality): the file name's date.
+    pub request_date: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -109,6 +113,10 @@ pub(crate) struct Inner {
     pub faults: Faults,
     pub job: Option<tokio::task::JoinHandle<()>>,
     pub job_path: Option<PathBuf>,
+    /// Supervisor jobs: job id → the backup id once the job is done.
+    pub jobs: HashMap<String, Option<String>>,
+    pub downloads: u64,
+    pub range_downloads: u64,
     event_entity: Value,
     sensor_entity: Value,
 }
@@ -162,6 +170,9 @@ impl Shared {
             faults: Faults::default(),
             job: None,
             job_path: None,
+            jobs: HashMap::new(),
+            downloads: 0,
+            range_downloads: 0,
             event_entity: entity_state(
                 "event.backup_automatic_backup",
                 json!("unknown"),
@@ -201,6 +212,19 @@ impl Shared {
 
     pub fn legacy(&self) -> bool {
         self.version == SimVersion::Legacy
+    }
+
+    pub fn supervisor(&self) -> bool {
+        self.version == SimVersion::Supervisor
+    }
+
+    /// The agent that keeps backups on the HA host.
+    pub fn local_agent(&self) -> &'static str {
+        if self.supervisor() {
+            "hassio.local"
+        } else {
+            "backup.local"
+        }
     }
 
     /// A fresh context as HA attaches to events and service calls.
@@ -302,6 +326,10 @@ impl Shared {
                         .pointer("/homeassistant/exclude_database")
                         .and_then(Value::as_bool)
                         != Some(true),
+                    request_date: doc
+                        .pointer("/extra/supervisor.backup_request_date")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 });
             }
         }
@@ -352,6 +380,15 @@ impl Shared {
             ManagerState::Idle => {}
         }
         let date = Timestamp::now();
+        // On a Supervisor install the answer is a job id; the backup gets its own slug.
+        let (id, job_id) = if self.supervisor() {
+            (random_hex(8), Some(id))
+        } else {
+            (id, None)
+        };
+        if let Some(job) = &job_id {
+            inner.jobs.insert(job.clone(), None);
+        }
         let file_name = if self.legacy() {
             format!("{id}.tar")
         } else {
@@ -369,6 +406,16 @@ impl Shared {
         if let Some((conn, msg)) = req.early_reply.clone() {
             second.push(Item::Direct { conn, msg });
         }
+        if self.supervisor() {
+            self.backup_event(
+                &mut inner,
+                "in_progress",
+                Some("addon_repositories"),
+                None,
+                &mut second,
+                false,
+            );
+        }
         self.backup_event(
             &mut inner,
             "in_progress",
@@ -383,6 +430,7 @@ impl Shared {
         let job = Job {
             shared: self.clone(),
             id,
+            job_id,
             date,
             path: path.clone(),
             req,
@@ -489,7 +537,7 @@ impl Shared {
     }
 
     fn progress_event(&self, inner: &mut Inner, uploaded: u64, total: u64, items: &mut Vec<Item>) {
-        let event = json!({"manager_state": "create_backup", "agent_id": "backup.local", "uploaded_bytes": uploaded, "total_bytes": total});
+        let event = json!({"manager_state": "create_backup", "agent_id": self.local_agent(), "uploaded_bytes": uploaded, "total_bytes": total});
         inner.last_event = event.clone();
         inner.last_action_event = event.clone();
         if !self.legacy() {
@@ -514,17 +562,29 @@ impl Shared {
             let mb = (b.size as f64 / 1_048_576.0 * 100.0).round() / 100.0;
             return json!({"slug": b.id, "name": b.name, "date": b.date, "path": b.path.to_string_lossy(), "size": mb});
         }
+        let mut extra = json!({"instance_id": self.instance_id, "with_automatic_settings": false});
+        if let Some(d) = &b.request_date {
+            extra["supervisor.backup_request_date"] = json!(d);
+        }
+        let (addons, folders) = if self.supervisor() {
+            (
+                json!([{"name": "Terminal & SSH", "slug": "core_ssh", "version": "9.16.0"}]),
+                json!(["share"]),
+            )
+        } else {
+            (json!([]), json!([]))
+        };
         json!({
-            "addons": [],
+            "addons": addons,
             "backup_id": b.id,
             "date": b.date,
             "database_included": b.database_included,
-            "extra_metadata": {"instance_id": self.instance_id, "with_automatic_settings": false},
-            "folders": [],
+            "extra_metadata": extra,
+            "folders": folders,
             "homeassistant_included": true,
             "homeassistant_version": self.ha_version(),
             "name": b.name,
-            "agents": {"backup.local": {"protected": b.protected, "size": b.size}},
+            "agents": {self.local_agent(): {"protected": b.protected, "size": b.size}},
             "failed_addons": [],
             "failed_agent_ids": [],
             "failed_folders": [],
@@ -551,6 +611,42 @@ impl Shared {
         })
     }
 
+    /// A backup made outside Core (an add-on update, the Supervisor CLI): `<slug>.tar`, listed at once.
+    pub fn add_foreign_backup(&self, name: &str) -> std::io::Result<String> {
+        let slug = random_hex(8);
+        let date = Timestamp::now();
+        let built = archive::build(&ArchiveSpec {
+            slug: &slug,
+            name,
+            date,
+            ha_version: self.ha_version(),
+            legacy: self.legacy(),
+            include_database: true,
+            password: None,
+            instance_id: &self.instance_id,
+            payload_bytes: 0,
+            supervisor: self.supervisor(),
+            request_date: None,
+        })?;
+        let path = self.backup_dir.join(format!("{slug}.tar"));
+        let mut file = archive::create_file(&path)?;
+        archive::write_chunk(&mut file, &built.bytes)?;
+        let record = BackupRecord {
+            id: slug.clone(),
+            name: name.to_string(),
+            date: archive::iso_micros(date),
+            path,
+            size: built.bytes.len() as u64,
+            protected: false,
+            database_included: true,
+            request_date: None,
+        };
+        let mut inner = self.lock();
+        inner.backups.push(record);
+        inner.backups.sort_by(|a, b| a.date.cmp(&b.date));
+        Ok(slug)
+    }
+
     /// Removes a backup's file and its entry; an unknown id is not an error.
     pub fn delete_backup(&self, id: &str) {
         let removed: Vec<BackupRecord> = {
@@ -568,6 +664,8 @@ impl Shared {
 struct Job {
     shared: Arc<Shared>,
     id: String,
+    /// The Supervisor job making it (Supervisor personality).
+    job_id: Option<String>,
     date: Timestamp,
     path: PathBuf,
     req: JobRequest,
@@ -601,6 +699,8 @@ impl Job {
                     password: password.as_deref(),
                     instance_id: &shared.instance_id,
                     payload_bytes: payload,
+                    supervisor: shared.supervisor(),
+                    request_date: shared.supervisor().then_some(date),
                 })
             })
             .await
@@ -629,17 +729,36 @@ impl Job {
             // Damage the file before HA reports completion, so no reader ever sees it intact.
             let _ = corrupt(&self.path, corruption, size, inner_middle);
         }
+        let supervisor = shared.supervisor();
         let record = BackupRecord {
             id: self.id.clone(),
             name: self.req.name.clone(),
-            date: archive::iso_micros(self.date),
+            date: archive::iso_micros(archive::supervisor_date(self.date, supervisor)),
             path: self.path.clone(),
             size,
             protected: self.req.password.is_some(),
             database_included: self.req.include_database,
+            request_date: supervisor.then(|| archive::iso_micros(self.date)),
         };
         let mut inner = shared.lock();
         let mut items = Vec::new();
+        if supervisor {
+            for stage in [
+                "addons",
+                "folders",
+                "finishing_file",
+                "await_addon_restarts",
+            ] {
+                shared.backup_event(
+                    &mut inner,
+                    "in_progress",
+                    Some(stage),
+                    None,
+                    &mut items,
+                    false,
+                );
+            }
+        }
         shared.backup_event(
             &mut inner,
             "in_progress",
@@ -660,6 +779,9 @@ impl Job {
         );
         Shared::emit_locked(&mut inner, items);
         inner.backups.push(record.clone());
+        if let Some(job) = &self.job_id {
+            inner.jobs.insert(job.clone(), Some(self.id.clone()));
+        }
         let mut items = Vec::new();
         shared.backup_event(&mut inner, "completed", None, None, &mut items, false);
         shared.finish(&mut inner, &mut items);
@@ -688,6 +810,12 @@ impl Job {
 
     fn failed(self, reason: String) -> JobOutcome {
         let _ = std::fs::remove_file(&self.path);
+        // HA reports every Supervisor-side failure with this one reason.
+        let reason = if self.shared.supervisor() {
+            "upload_failed".to_string()
+        } else {
+            reason
+        };
         let shared = self.shared.clone();
         let mut inner = shared.lock();
         let mut items = Vec::new();
