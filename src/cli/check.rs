@@ -276,7 +276,7 @@ async fn check_ssh(cfg: &Config, report: &mut Report) {
         return;
     }
     let Some(ssh) = &cfg.ssh else {
-        report.add(Level::Fail, "ssh", "no [ssh] section: hapull cannot pull archives over SFTP; add [ssh], or set [transfer] via = \"http\" to download through Home Assistant itself");
+        report.add(Level::Warn, "ssh", "no [ssh] section: hapull cannot pull archives over SFTP (check, events and list --remote still work); add [ssh], or set [transfer] via = \"http\" to download through Home Assistant itself");
         return;
     };
     let target = match crate::service::ssh_target(cfg) {

@@ -33,6 +33,17 @@ impl Context {
         let made = match (self.settings.mode, api) {
             (BackupMode::Api, BackupApi::Modern) => self.generate(agent).await?,
             (BackupMode::Api, BackupApi::Legacy { .. }) => {
+                // The legacy API has no password: going on would make an unencrypted backup the
+                // user did not ask for.
+                if self.settings.password.is_some() {
+                    return Err(CycleError::refused(
+                        Step::Create,
+                        format!(
+                            "[backup] password is set, but Home Assistant {} has the legacy backup API, which cannot encrypt a backup; no backup was made. Remove password/password_file/password_env, or update Home Assistant to 2025.1 or later",
+                            self.client.ha_version()
+                        ),
+                    ));
+                }
                 info!(
                     path = "legacy backup/generate",
                     "this Home Assistant has the legacy backup API (no events); its backup/generate blocks until the backup is made"

@@ -187,16 +187,23 @@ async fn run_records_chosen_events_from_real_home_assistant() {
         .unwrap();
     let audit = dir.path().join("audit.jsonl");
     // Wait until hapull is connected (its connection record is in the log).
-    for _ in 0..100 {
-        if std::fs::read_to_string(&audit)
+    let audit_has = |what: &str| {
+        std::fs::read_to_string(&audit)
             .unwrap_or_default()
-            .contains("\"ha.connection\"")
-        {
+            .contains(what)
+    };
+    let mut connected = false;
+    for _ in 0..300 {
+        if audit_has("\"ha.connection\"") {
+            connected = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(connected, "hapull never connected to Home Assistant");
     let client = client().await;
+    // The test's own view of the bus, to know the filtered-out call really happened.
+    let mut bus = client.subscribe_events(Some("call_service")).await.unwrap();
     let marker = format!("hapull-audit-{}", std::process::id());
     client
         .call_service(
@@ -208,8 +215,9 @@ async fn run_records_chosen_events_from_real_home_assistant() {
         )
         .await
         .unwrap();
-    // A service of another domain is filtered out.
-    let _ = client
+    // A service of another domain is filtered out. HA puts the call on the bus before running it, so
+    // the event is there whether or not the configuration check passes.
+    let checked = client
         .call_service(
             "homeassistant",
             "check_config",
@@ -218,6 +226,21 @@ async fn run_records_chosen_events_from_real_home_assistant() {
             Duration::from_secs(60),
         )
         .await;
+    eprintln!("homeassistant.check_config: {checked:?}");
+    let mut other_domain_seen = false;
+    while !other_domain_seen {
+        match tokio::time::timeout(Duration::from_secs(30), bus.next())
+            .await
+            .expect("the call_service event of check_config in time")
+        {
+            Some(SubItem::Event(e)) => {
+                other_domain_seen = e["data"]["domain"] == "homeassistant"
+                    && e["data"]["service"] == "check_config";
+            }
+            Some(_) => {}
+            None => panic!("the test's subscription ended"),
+        }
+    }
     client
         .call_service(
             "persistent_notification",
@@ -228,7 +251,17 @@ async fn run_records_chosen_events_from_real_home_assistant() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // hapull handles the bus in order: once the dismiss is recorded, the check_config call (fired
+    // before it) has been seen and filtered.
+    let mut dismissed = false;
+    for _ in 0..300 {
+        if audit_has("\"dismiss\"") {
+            dismissed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dismissed, "hapull never recorded the dismiss call");
     let _ = std::process::Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

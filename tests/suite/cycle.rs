@@ -109,6 +109,42 @@ fn ha_ids(sim: &Sim) -> Vec<String> {
         .collect()
 }
 
+/// Waits until Home Assistant lists the backup, i.e. it completed (polling HA's state, not a pause).
+async fn until_listed(sim: &Sim, id: &str) {
+    for _ in 0..1000 {
+        if ha_ids(sim).iter().any(|x| x == id) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("backup {id} never completed in the simulator");
+}
+
+/// Waits until the simulator is writing an archive (a backup is in progress).
+async fn until_writing(sim: &Sim) {
+    for _ in 0..1000 {
+        if sim.control().running_archive_path().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the simulator never started writing an archive");
+}
+
+async fn make_by_hand(sim: &Sim, name: &str) -> String {
+    let c = client(sim).await;
+    let id = c
+        .backup_generate(&GenerateRequest {
+            agent_ids: vec!["backup.local".into()],
+            name: Some(name.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    until_listed(sim, &id).await;
+    id
+}
+
 fn sha256_of(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum")
         .arg(path)
@@ -193,20 +229,42 @@ async fn keep_on_ha_zero_still_keeps_backups_without_a_local_copy() {
     assert!(ha_ids(&rig.sim).is_empty());
     nothing_lost(&rig, std::slice::from_ref(&r.backup_id));
 
-    // A backup that is not hapull's is never touched (prune_foreign = false).
-    let c = client(&rig.sim).await;
-    let foreign = c
-        .backup_generate(&GenerateRequest {
-            agent_ids: vec!["backup.local".into()],
-            name: Some("manual".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One of hapull's own backups with no local copy (its archive was damaged, so it was refused):
+    // beyond keep_on_ha = 0 and hapull's to delete, it is kept only because no verified copy exists.
+    rig.sim.control().corrupt_next_archive(Corruption::FlipByte);
+    let refused = ctx.run_cycle().await.unwrap_err();
+    assert_eq!(refused.step(), Some(Step::Commit), "{refused}");
+    let uncopied = ha_ids(&rig.sim)[0].clone();
     let r2 = ctx.run_cycle().await.unwrap();
+    assert_eq!(r2.deleted_on_ha, vec![r2.backup_id.clone()]);
+    assert_eq!(ha_ids(&rig.sim), vec![uncopied.clone()]);
+    assert!(
+        Store::open(&rig.store_dir)
+            .unwrap()
+            .find(&uncopied)
+            .unwrap()
+            .is_none()
+    );
+
+    // A backup that is not hapull's is never touched (prune_foreign = false), even when it has a
+    // verified local copy: here the foreign rule alone protects it.
+    let foreign = make_by_hand(&rig.sim, "manual").await;
+    let pulled = ctx.pull_existing(&foreign).await.unwrap();
+    assert_eq!(pulled.backup_id, foreign);
+    let store = Store::open(&rig.store_dir).unwrap();
+    assert!(
+        store
+            .verify(&store.find(&foreign).unwrap().unwrap())
+            .unwrap()
+            .is_ok(),
+        "the foreign backup has a verified local copy"
+    );
+    let r3 = ctx.run_cycle().await.unwrap();
     assert!(ha_ids(&rig.sim).contains(&foreign));
-    assert!(!r2.deleted_on_ha.contains(&foreign));
+    assert!(!r3.deleted_on_ha.contains(&foreign));
+    assert!(!pulled.deleted_on_ha.contains(&foreign));
+    // ... while hapull's own new backup, with the same kind of copy, went.
+    assert_eq!(r3.deleted_on_ha, vec![r3.backup_id.clone()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,16 +272,7 @@ async fn a_failed_backup_deletes_nothing_and_says_why() {
     let rig = rig(SimVersion::Current, Duration::from_millis(50)).await;
     let ctx = context(&rig, BackupMode::Api, 0).await;
     let ok = ctx.run_cycle().await.unwrap();
-    let c = client(&rig.sim).await;
-    let manual = c
-        .backup_generate(&GenerateRequest {
-            agent_ids: vec!["backup.local".into()],
-            name: Some("manual".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let manual = make_by_hand(&rig.sim, "manual").await;
     let before = ha_ids(&rig.sim);
     rig.sim.control().fail_next_backup("upload_failed");
     let err = ctx.run_cycle().await.unwrap_err();
@@ -248,16 +297,20 @@ async fn a_dropped_websocket_during_the_backup_still_ends_in_a_pull() {
     let control = rig.sim.control();
     let dropper = tokio::spawn(async move {
         // Wait until the archive is being written, then cut every connection.
-        for _ in 0..100 {
+        for _ in 0..1000 {
             if control.running_archive_path().is_some() {
-                break;
+                control.drop_connections();
+                return true;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        control.drop_connections();
+        false
     });
     let r = ctx.run_cycle().await.unwrap();
-    dropper.await.unwrap();
+    assert!(
+        dropper.await.unwrap(),
+        "the connections were cut while the archive was being written"
+    );
     let conns: std::collections::BTreeSet<u64> =
         rig.sim.received().iter().map(|r| r.conn).collect();
     assert!(conns.len() >= 2, "the client reconnected");
@@ -312,16 +365,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn service_mode_saves_every_archive_before_the_delete_command_runs() {
     let rig = rig(SimVersion::Current, Duration::from_millis(50)).await;
     // A backup made outside hapull, with no local copy: the recipe's delete would destroy it.
-    let c = client(&rig.sim).await;
-    let manual = c
-        .backup_generate(&GenerateRequest {
-            agent_ids: vec!["backup.local".into()],
-            name: Some("made by hand".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let manual = make_by_hand(&rig.sim, "made by hand").await;
     let ctx = context(&rig, BackupMode::Service, 1).await;
     let r = ctx.run_cycle().await.unwrap();
     let store = Store::open(&rig.store_dir).unwrap();
@@ -429,19 +473,15 @@ async fn ha_restarting_mid_backup_is_reported_not_waited_out() {
     let mut rig = rig(SimVersion::Current, Duration::from_millis(2000)).await;
     let ctx = context(&rig, BackupMode::Api, 1).await;
     let cycle = tokio::spawn(async move { ctx.run_cycle().await });
-    for _ in 0..200 {
-        if rig.sim.control().running_archive_path().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_writing(&rig.sim).await;
     rig.sim.restart().await.unwrap();
-    // Well within the 30 s backup timeout: hapull learns from HA that the backup is gone.
-    let err = tokio::time::timeout(Duration::from_secs(20), cycle)
-        .await
-        .expect("no waiting out the timeout")
-        .unwrap()
-        .unwrap_err();
+    // hapull learns from HA that the backup is gone instead of waiting out its 30 s backup timeout:
+    // a wait would end in a Timeout error.
+    let err = cycle.await.unwrap().unwrap_err();
+    assert!(
+        !matches!(err, CycleError::Timeout { .. }),
+        "waited out the timeout: {err}"
+    );
     // The restarted HA either forgot the backup, or (like real HA killed mid-write) lists the
     // truncated archive it left behind, which verification then refuses.
     assert!(

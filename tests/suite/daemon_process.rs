@@ -269,6 +269,32 @@ async fn sigterm_mid_transfer_leaves_a_partial_that_the_next_pull_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_cycle_is_announced_in_home_assistant() {
     let s = setup("", 0).await;
+    // One committed backup that HA still holds (keep_on_ha = 1) ...
+    let once = hapull(&s.config, &["once"]).output().unwrap();
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    let kept = s.sim.backups()[0]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        Store::open(s.dir.path().join("archives"))
+            .unwrap()
+            .find(&kept)
+            .unwrap()
+            .is_some()
+    );
+    // ... and keep_on_ha = 0 from now on: a successful cycle would delete it (it is hapull's and has
+    // a verified copy). A failed one must not.
+    // Only the cycle at start: no scheduled one may run (and rightly delete) while the test looks.
+    let mut cfg = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("cron = \"* * * * *\"", "cron = \"0 0 1 1 *\"");
+    cfg.push_str("\n[backup]\nkeep_on_ha = 0\n");
+    std::fs::write(&s.config, cfg).unwrap();
     s.sim.control().fail_next_backup("upload_failed");
     let log = s.dir.path().join("run.log");
     let mut child = spawn_run(&s.config, &log);
@@ -299,6 +325,14 @@ async fn a_failed_cycle_is_announced_in_home_assistant() {
         wait_exit(&mut child, Duration::from_secs(30)).code(),
         Some(0)
     );
-    // Nothing was deleted in HA (the failed backup left nothing, nothing else was there).
-    assert!(s.sim.backups().is_empty());
+    // Nothing was deleted in HA: the backup a successful cycle would have removed is still there
+    // (the failed backup itself left nothing).
+    let ids: Vec<String> = s
+        .sim
+        .backups()
+        .iter()
+        .filter_map(|b| b["backup_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ids, vec![kept]);
+    assert!(!audit_kinds(s.dir.path()).iter().any(|k| k == "ha.deleted"));
 }

@@ -8,6 +8,7 @@ mod support;
 
 mod audit;
 mod audit_recovery;
+mod commands;
 mod completions;
 mod cycle;
 mod daemon;

@@ -713,6 +713,7 @@ mod cycle_rig {
                 retention: RetentionPolicy::default(),
                 timezone: TimeZone::UTC,
                 pull,
+                agent_id: None,
             },
             offsite: vec![Target::new(target("box", "served:ha", Some(&conf)))],
         };

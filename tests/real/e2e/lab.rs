@@ -232,6 +232,10 @@ pub struct Tweaks {
     pub token_file: Option<PathBuf>,
     pub bandwidth_limit: Option<&'static str>,
     pub timeout: &'static str,
+    /// More lines for the [backup] section.
+    pub backup_extra: String,
+    /// Appended at the end, inside [notify] until it opens a section of its own.
+    pub tail: String,
 }
 
 impl Default for Tweaks {
@@ -243,6 +247,8 @@ impl Default for Tweaks {
             token_file: None,
             bandwidth_limit: None,
             timeout: "10m",
+            backup_extra: String::new(),
+            tail: String::new(),
         }
     }
 }
@@ -301,6 +307,7 @@ pub struct Case {
     baseline: BTreeSet<String>,
     seen: Arc<Mutex<BTreeMap<String, String>>>,
     stop_watch: Arc<AtomicBool>,
+    watcher: Option<thread::JoinHandle<()>>,
     failures: Vec<String>,
     observed: Vec<String>,
 }
@@ -319,7 +326,7 @@ impl Case {
         let baseline = ha.backups().into_keys().collect();
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
         let stop_watch = Arc::new(AtomicBool::new(false));
-        watch(ha.backup_dir.clone(), seen.clone(), stop_watch.clone());
+        let watcher = watch(ha.backup_dir.clone(), seen.clone(), stop_watch.clone());
         let mut case = Case {
             audit: dir.path().join("audit.jsonl"),
             config: dir.path().join("hapull.toml"),
@@ -332,6 +339,7 @@ impl Case {
             baseline,
             seen,
             stop_watch,
+            watcher: Some(watcher),
             failures: Vec::new(),
             observed: Vec::new(),
         };
@@ -358,12 +366,14 @@ impl Case {
         }
         text += &format!(
             "\n[backup]\nmode = {}\nname = \"hapull e2e {{date}}\"\nkeep_on_ha = 1\ntimeout = {}\n\
-             blocked_timeout = \"3m\"\n\n[store]\ndir = {}\nverify = \"full\"\n\n[audit]\npath = {}\n\n\
-             [notify]\nhome_assistant = false\n",
+             blocked_timeout = \"3m\"\n{}\n\n[store]\ndir = {}\nverify = \"full\"\n\n[audit]\npath = {}\n\n\
+             [notify]\nhome_assistant = false\n{}\n",
             toml_str(t.mode),
             toml_str(t.timeout),
+            t.backup_extra,
             q(&self.store),
             q(&self.audit),
+            t.tail,
         );
         std::fs::write(&self.config, text).unwrap();
     }
@@ -481,8 +491,11 @@ impl Case {
     /// Checks the rule, writes the result line, tidies HA (the backups this case made), and fails
     /// the test if anything was wrong.
     pub fn finish(mut self) {
-        thread::sleep(Duration::from_millis(600));
         self.stop_watch.store(true, Ordering::SeqCst);
+        if let Some(w) = self.watcher.take() {
+            // Its last scan is taken after this point: every archive the run left is seen.
+            let _ = w.join();
+        }
         self.ha.wait_idle();
         let in_ha = self.ha.backups();
         // Present in HA = its archive file is still there (complete or not: HA keeps what it has).
@@ -633,10 +646,17 @@ fn archive_slug(path: &Path, complete: bool) -> Option<String> {
 }
 
 /// Watches HA's backups folder: every complete archive seen, by slug.
-fn watch(dir: PathBuf, seen: Arc<Mutex<BTreeMap<String, String>>>, stop: Arc<AtomicBool>) {
+/// After `stop` is set it scans once more and ends, so joining it gives a last look taken after
+/// the scenario finished.
+fn watch(
+    dir: PathBuf,
+    seen: Arc<Mutex<BTreeMap<String, String>>>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut checked: BTreeMap<String, u64> = BTreeMap::new();
-        while !stop.load(Ordering::SeqCst) {
+        loop {
+            let last = stop.load(Ordering::SeqCst);
             if let Ok(rd) = std::fs::read_dir(&dir) {
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
@@ -650,7 +670,26 @@ fn watch(dir: PathBuf, seen: Arc<Mutex<BTreeMap<String, String>>>, stop: Arc<Ato
                     }
                 }
             }
+            if last {
+                return;
+            }
             thread::sleep(Duration::from_millis(150));
         }
-    });
+    })
+}
+
+/// The `.tar` files in a folder with their sizes, complete or not.
+pub fn archive_files(dir: &Path) -> BTreeMap<String, u64> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tar"))
+        .filter_map(|e| {
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().ok()?.len(),
+            ))
+        })
+        .collect()
 }

@@ -28,6 +28,9 @@ macro_rules! e2e {
     };
 }
 
+// After the macro, so the scenarios there can use it.
+mod commands;
+
 const MIN: Duration = Duration::from_secs(60);
 
 fn full_cycle(mode: &'static str, scenario: &'static str) {
@@ -61,24 +64,54 @@ fn full_cycle(mode: &'static str, scenario: &'static str) {
         ids.len() == 2,
         format!("two backups created, audit says {ids:?}"),
     );
-    if let [first_id, second_id] = ids.as_slice() {
-        case.check(
-            after.contains_key(second_id),
-            "the newest backup stays in HA",
-        );
-        if mode == "api" {
+    let [first_id, second_id] = ids.as_slice() else {
+        case.check(false, "both runs recorded the backup they created");
+        case.finish();
+        return;
+    };
+    let (first_id, second_id) = (first_id.clone(), second_id.clone());
+    case.check(
+        after.contains_key(&second_id),
+        "the newest backup stays in HA",
+    );
+    case.check(
+        !after.contains_key(&first_id),
+        "the older hapull backup is gone from HA's folder after its verified pull",
+    );
+    case.check(
+        committed.iter().any(|(id, ok)| *id == first_id && *ok),
+        "the older backup has a verified copy in the store",
+    );
+    if mode == "service" {
+        // The recipe's delete command removes every archive in the folder; each one it removed must
+        // have been saved first.
+        let gone: Vec<&String> = before.keys().filter(|k| !after.contains_key(*k)).collect();
+        case.observe(format!(
+            "delete command removed {} of {} earlier archive(s)",
+            gone.len(),
+            before.len()
+        ));
+        for id in gone {
             case.check(
-                !after.contains_key(first_id),
-                "the older hapull backup is deleted from HA after its verified pull",
+                committed.iter().any(|(c, ok)| c == id && *ok),
+                format!("archive {id} removed by the delete command was saved first"),
             );
-        } else {
-            let gone = before.keys().filter(|k| !after.contains_key(*k)).count();
-            case.observe(format!(
-                "delete command removed {gone} of {} earlier archive(s); first backup in HA: {}",
-                before.len(),
-                after.contains_key(first_id)
-            ));
         }
+        let shell = case.audit_records("ha.shell_command");
+        case.check(
+            shell.len() == 2,
+            format!(
+                "the delete command ran once per cycle, audit has {}",
+                shell.len()
+            ),
+        );
+    } else {
+        case.check(
+            case.audit_records("ha.deleted")
+                .iter()
+                .any(|r| r["data"]["backup_id"] == first_id.as_str()),
+            "the audit log records the deletion of the older backup",
+        );
     }
     let verify = case.hapull(&["verify", "--all"]);
     case.check(verify.code == Some(0), "`hapull verify --all` passes");
@@ -136,6 +169,8 @@ fn restarted_mid_backup(signal: &str, scenario: &'static str, expected: &'static
         ..Tweaks::default()
     });
     let _bulk = case.ha.bulk(300);
+    // Taken before hapull starts: HA creates the archive file as soon as the backup begins.
+    let baseline = lab::archive_files(&case.ha.backup_dir);
     let child = case.spawn(&["once"], "once");
     let err = case.dir.path().join("once.err");
     let started = case.wait_for("the backup to start", 2 * MIN, || {
@@ -143,12 +178,33 @@ fn restarted_mid_backup(signal: &str, scenario: &'static str, expected: &'static
         e.contains("backup in progress") || e.contains("legacy backup API")
     });
     case.check(started, "the backup started");
-    std::thread::sleep(Duration::from_secs(2));
-    let busy = block_on(async {
-        let c = case.ha.client().await.ok()?;
-        c.backup_info().await.ok().map(|i| i.state)
+    let manager_state = || {
+        block_on(async {
+            let c = case.ha.client().await.ok()?;
+            c.backup_info().await.ok().map(|i| i.state)
+        })
+    };
+    let busy = case.wait_for("HA's backup manager to be busy", MIN, || {
+        manager_state().is_some_and(|s| s != "idle")
     });
-    case.observe(format!("HA backup manager before the restart: {busy:?}"));
+    // Stop HA while it writes the archive, not before it started: wait for the file to grow.
+    let writing = case.wait_for("HA to be writing the archive", MIN, || {
+        lab::archive_files(&case.ha.backup_dir)
+            .iter()
+            .any(|(name, len)| !baseline.contains_key(name) && *len > 1 << 20)
+    });
+    case.observe(format!(
+        "HA backup manager before the restart: {:?}; archive being written: {writing}",
+        manager_state()
+    ));
+    case.check(
+        busy,
+        "HA's backup manager was busy with the backup when it was stopped",
+    );
+    case.check(
+        writing,
+        "HA was writing the archive when it was stopped (else this scenario tests nothing)",
+    );
     case.ha.stop_with(signal);
     case.ha.start();
     let mut child = child;
@@ -167,7 +223,28 @@ fn restarted_mid_backup(signal: &str, scenario: &'static str, expected: &'static
     );
     if signal == "KILL" {
         case.check(run.code == Some(1), "exit 1 after a crash mid-backup");
+    } else {
+        case.check(
+            matches!(run.code, Some(0) | Some(1)),
+            "exit 0 (committed) or 1 (backup lost)",
+        );
     }
+    if run.code == Some(1) {
+        // Named: the backup HA lost, or the truncated archive it left that failed verification.
+        let said = run.stderr.to_lowercase();
+        case.check(
+            said.contains("is gone") || said.contains("commit:") || said.contains("verif"),
+            "the error says the backup is gone or its archive failed verification",
+        );
+        case.check(
+            case.committed().is_empty(),
+            "nothing committed after a failed run",
+        );
+    }
+    case.check(
+        case.audit_records("ha.deleted").is_empty(),
+        "nothing deleted in HA",
+    );
     let timed_out = run.stderr.contains("gave up after");
     case.observe(format!("waited for its timeout: {timed_out}"));
     case.check(
@@ -262,16 +339,23 @@ fn s4_ssh_link_cut_mid_transfer() {
     case.check(cut, "the link was cut during the run");
     case.check(run.code == Some(0), "the cycle commits despite the cut");
     let pulls = case.audit_records("pull.finished");
-    if let Some(p) = pulls.last() {
-        case.observe(format!(
-            "pull attempts {}, resumed {} bytes",
-            p["data"]["attempts"], p["data"]["resumed_bytes"]
-        ));
-        case.check(
-            p["data"]["attempts"].as_u64().unwrap_or(0) >= 2,
-            "the pull needed a second attempt",
-        );
-    }
+    case.check(
+        pulls.len() == 1,
+        format!("one pull finished, audit has {}", pulls.len()),
+    );
+    let p = pulls.last().cloned().unwrap_or(Value::Null);
+    case.observe(format!(
+        "pull attempts {}, resumed {} bytes",
+        p["data"]["attempts"], p["data"]["resumed_bytes"]
+    ));
+    case.check(
+        p["data"]["attempts"].as_u64().unwrap_or(0) >= 2,
+        "the pull needed a second attempt",
+    );
+    case.check(
+        p["data"]["resumed_bytes"].as_u64().unwrap_or(0) > 0,
+        "the second attempt resumed from the bytes already pulled",
+    );
     case.finish();
 }
 
@@ -360,12 +444,19 @@ fn s6_sigkill_mid_transfer_then_once_again() {
     let run = case.hapull(&["once"]);
     case.observe(format!("second run: {}", run.verdict()));
     case.check(run.code == Some(0), "the second run commits");
+    for w in run.stderr.lines().filter(|l| l.contains("WARN")) {
+        case.observe(format!("second run warned: {}", w.trim()));
+    }
     let ids: Vec<String> = case
         .audit_records("backup.created")
         .iter()
         .filter_map(|r| r["data"]["backup_id"].as_str().map(str::to_string))
         .collect();
     let committed = case.committed();
+    case.check(
+        ids.len() == 2,
+        format!("two backups created (the interrupted one and the new one), audit says {ids:?}"),
+    );
     for id in &ids {
         case.check(
             committed.iter().any(|(c, ok)| c == id && *ok),

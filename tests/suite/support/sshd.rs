@@ -73,6 +73,15 @@ impl Sshd {
         Sshd::start_with(key_type, "")
     }
 
+    /// Starts sshd with the account set up as the README prescribes for the Home Assistant host:
+    /// `ForceCommand internal-sftp -R` (read-only SFTP, no shell, no forwarding).
+    pub fn start_read_only() -> Sshd {
+        Sshd::start_with(
+            "ed25519",
+            "ForceCommand internal-sftp -R\nAllowTcpForwarding no\nX11Forwarding no\nPermitTTY no\n",
+        )
+    }
+
     /// Starts sshd with a host key of `key_type` and `extra` sshd_config lines, which come first and
     /// so take precedence over the defaults (sshd uses the first value of a keyword).
     pub fn start_with(key_type: &str, extra: &str) -> Sshd {

@@ -1,0 +1,366 @@
+//! Scenarios for what a user does beside `hapull once`, against the real Home Assistant: a protected
+//! backup through a cycle, `hapull events` and `list --remote`, and `hapull run` stopped by SIGINT
+//! during a pull (the first signal lets it go on, the second cuts it), after which the next run
+//! pulls the cut backup too and calls the success webhook.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use super::MIN;
+use super::lab::{self, Case, Tweaks, block_on};
+use serde_json::{Value, json};
+
+fn signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+#[ignore = "needs real Home Assistant and the lab sshd: scripts/e2e-real"]
+fn s10_protected_backup_through_a_cycle() {
+    e2e!();
+    let ha_legacy = std::env::var("HAPULL_E2E_HA_LEGACY").as_deref() == Ok("1");
+    let mut case = Case::new(
+        "10 protected backup (password) through a cycle",
+        "current HA: exit 0, HA lists the backup as protected, the archive is committed and verified, the password is in no output; legacy HA (no encryption): exit 1 naming the password, no backup made",
+    );
+    let password = format!("e2e-pass-{}", fastrand::u64(..));
+    let pw_file = case.dir.path().join("backup_password");
+    std::fs::write(&pw_file, &password).unwrap();
+    case.configure(&Tweaks {
+        backup_extra: format!("password_file = \"{}\"", pw_file.display()),
+        ..Tweaks::default()
+    });
+    let run = case.hapull(&["once"]);
+    case.observe(format!("hapull: {}", run.verdict()));
+    let audit = std::fs::read_to_string(&case.audit).unwrap_or_default();
+    case.check(
+        !run.stderr.contains(&password)
+            && !run.stdout.contains(&password)
+            && !audit.contains(&password),
+        "the password appears in no output and not in the audit log",
+    );
+    if ha_legacy {
+        case.check(run.code == Some(1), "exit 1");
+        case.check(
+            run.stderr.contains("password") && run.stderr.contains("legacy backup API"),
+            "the error names the password and the legacy API",
+        );
+        case.check(
+            case.audit_records("backup.created").is_empty(),
+            "no backup was made",
+        );
+        case.finish();
+        return;
+    }
+    case.check(run.code == Some(0), "exit 0");
+    let ids: Vec<String> = case
+        .audit_records("backup.created")
+        .iter()
+        .filter_map(|r| r["data"]["backup_id"].as_str().map(str::to_string))
+        .collect();
+    case.check(ids.len() == 1, format!("one backup created: {ids:?}"));
+    let id = ids.first().cloned().unwrap_or_default();
+    let listed = case.hapull(&["list", "--remote", "--json"]);
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap_or(Value::Null);
+    let entry = listed["backups"]
+        .as_array()
+        .and_then(|l| l.iter().find(|b| b["backup_id"] == id.as_str()).cloned())
+        .unwrap_or(Value::Null);
+    case.observe(format!("HA lists it as protected: {}", entry["protected"]));
+    case.check(
+        entry["protected"] == true,
+        "`hapull list --remote` shows the backup as protected",
+    );
+    let committed = case.committed();
+    case.check(
+        committed.iter().any(|(c, ok)| *c == id && *ok),
+        "the protected archive is committed and verified",
+    );
+    let store = hapull::store::Store::open(&case.store).unwrap();
+    let protected = store
+        .find(&id)
+        .ok()
+        .flatten()
+        .is_some_and(|a| a.manifest.protected);
+    case.check(protected, "its manifest says it is protected");
+    let verify = case.hapull(&["verify", "--all"]);
+    case.check(verify.code == Some(0), "`hapull verify --all` passes");
+    case.finish();
+}
+
+#[test]
+#[ignore = "needs real Home Assistant and the lab sshd: scripts/e2e-real"]
+fn s12_events_and_list_remote() {
+    e2e!();
+    let mut case = Case::new(
+        "12 `hapull events` and `hapull list --remote`",
+        "events prints the fired event as a JSON line and exits 0 on SIGINT; list --remote shows exactly the backups HA lists",
+    );
+    let event_type = format!("hapull_e2e_{}", fastrand::u32(..));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hapull"))
+        .arg("--config")
+        .arg(&case.config)
+        .args(["events", "--no-backup", "--type", &event_type])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(case.dir.path().join("events.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let err = case.dir.path().join("events.err");
+    let ready = case.wait_for("hapull events to connect", MIN, || {
+        std::fs::read_to_string(&err)
+            .unwrap_or_default()
+            .contains("printing events")
+    });
+    case.check(ready, "hapull events connected");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // It subscribes right after saying it is connected; fire until one arrives.
+    let mut line = None;
+    for n in 0..30 {
+        block_on(async {
+            let c = case.ha.client().await.unwrap();
+            c.fire_event(&event_type, json!({"n": n})).await.unwrap();
+        });
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(2)) {
+            line = Some(l);
+            break;
+        }
+    }
+    let v: Value = line
+        .as_deref()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null);
+    case.observe(format!(
+        "events printed: {}",
+        line.as_deref().unwrap_or("nothing")
+    ));
+    case.check(
+        v["event_type"] == event_type.as_str() && v["data"]["n"].is_u64(),
+        "the fired event is printed as a JSON line",
+    );
+    signal(child.id(), "INT");
+    let mut code = None;
+    let ended = case.wait_for("hapull events to end", MIN, || {
+        code = child.try_wait().ok().flatten().map(|s| s.code());
+        code.is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    case.check(code == Some(Some(0)), "exit 0 on SIGINT");
+
+    let listed = case.hapull(&["list", "--remote", "--json"]);
+    case.check(listed.code == Some(0), "`list --remote` exits 0");
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap_or(Value::Null);
+    let mut ids: Vec<String> = listed["backups"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|b| b["backup_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    let in_ha: Vec<String> = case.ha.backups().into_keys().collect();
+    case.observe(format!("list --remote: {} backup(s)", ids.len()));
+    case.check(ids == in_ha, "list --remote shows the backups HA lists");
+    case.finish();
+}
+
+/// A local HTTP server answering 200 to everything, keeping the request lines and JSON bodies.
+struct Hook {
+    port: u16,
+    requests: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Hook {
+    fn start() -> Hook {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut reader = BufReader::new(s.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                seen.lock()
+                    .unwrap()
+                    .push((request_line.trim().to_string(), body));
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Hook { port, requests }
+    }
+
+    fn requests(&self) -> Vec<(String, Value)> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+#[test]
+#[ignore = "needs real Home Assistant and the lab sshd: scripts/e2e-real"]
+fn s11_run_sigint_twice_cuts_the_pull_then_the_next_run_saves_both() {
+    e2e!();
+    let mut case = Case::new(
+        "11 `hapull run`: SIGINT during a pull, then SIGINT again; then a new run",
+        "after the first SIGINT the pull goes on; the second cuts it: exit 0, nothing committed, the backup stays in HA; the next run commits its own backup and the cut one, and calls the success webhook",
+    );
+    let hook = Hook::start();
+    let state = case.dir.path().join("state.json");
+    let tail = |bw: bool| Tweaks {
+        bandwidth_limit: bw.then_some("4MiB"),
+        tail: format!(
+            "webhook_success = \"http://127.0.0.1:{port}/ok\"\nwebhook_failure = \"http://127.0.0.1:{port}/fail\"\n\n\
+             [schedule]\ncron = \"0 3 1 1 *\"\nrun_on_start = true\nshutdown_grace = \"1h\"\nstate_file = \"{state}\"\n",
+            port = hook.port,
+            state = state.display(),
+        ),
+        ..Tweaks::default()
+    };
+    let t = tail(true);
+    case.configure(&t);
+    let _bulk = case.ha.bulk(64);
+    let child = case.spawn(&["run"], "run1");
+    let err = case.dir.path().join("run1.err");
+    let pulling = case.wait_for("the pull to be under way", 3 * MIN, || {
+        case.incoming_bytes() > 8 << 20
+    });
+    case.check(pulling, "the pull got under way");
+    signal(child.id(), "INT");
+    let said = case.wait_for("the first signal to be acknowledged", MIN, || {
+        std::fs::read_to_string(&err)
+            .unwrap_or_default()
+            .contains("send it again to stop at once")
+    });
+    case.check(
+        said,
+        "the first SIGINT says it finishes up and how to stop at once",
+    );
+    let at_signal = case.incoming_bytes();
+    let went_on = case.wait_for("the pull to go on after the first signal", MIN, || {
+        case.incoming_bytes() > at_signal + (4 << 20)
+    });
+    case.check(went_on, "the pull goes on after the first SIGINT");
+    signal(child.id(), "INT");
+    let mut child = child;
+    let ended = case.wait_for("hapull run to end", MIN, || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let run = case.collect(child, "run1");
+    case.observe(format!(
+        "first run: exit {:?} with {} MiB pulled",
+        run.code,
+        case.incoming_bytes() >> 20
+    ));
+    case.check(
+        ended && run.code == Some(0),
+        "the second SIGINT ends it with exit 0",
+    );
+    case.check(
+        run.stderr
+            .contains("second signal: cutting the running cycle now"),
+        "the log says the cycle was cut",
+    );
+    case.check(
+        case.committed().is_empty(),
+        "nothing committed by the cut run",
+    );
+    case.check(hook.requests().is_empty(), "no webhook for a cut cycle");
+    let cut_id = case
+        .audit_records("backup.created")
+        .first()
+        .and_then(|r| r["data"]["backup_id"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    case.check(
+        lab::archive_slugs(&case.ha.backup_dir).contains_key(&cut_id),
+        "the cut backup is still in HA",
+    );
+
+    case.configure(&tail(false));
+    let mut child = case.spawn(&["run"], "run2");
+    let called = case.wait_for("the success webhook", 6 * MIN, || {
+        !hook.requests().is_empty() || matches!(child.try_wait(), Ok(Some(_)))
+    });
+    case.check(called, "the second run called a webhook");
+    signal(child.id(), "TERM");
+    let ended = case.wait_for("hapull run to end", 3 * MIN, || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let run = case.collect(child, "run2");
+    case.check(
+        run.code == Some(0),
+        "the second run stops with exit 0 on SIGTERM",
+    );
+    let reqs = hook.requests();
+    case.observe(format!(
+        "webhooks: {:?}",
+        reqs.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>()
+    ));
+    case.check(
+        reqs.len() == 1 && reqs[0].0 == "POST /ok HTTP/1.1",
+        "exactly one call, to the success webhook",
+    );
+    let ids: Vec<String> = case
+        .audit_records("backup.created")
+        .iter()
+        .filter_map(|r| r["data"]["backup_id"].as_str().map(str::to_string))
+        .collect();
+    let committed = case.committed();
+    case.check(ids.len() == 2, format!("two backups created: {ids:?}"));
+    for id in &ids {
+        case.check(
+            committed.iter().any(|(c, ok)| c == id && *ok),
+            format!("backup {id} committed and verified"),
+        );
+    }
+    let new_id = ids.get(1).cloned().unwrap_or_default();
+    let body = reqs.first().map(|(_, b)| b.clone()).unwrap_or(Value::Null);
+    case.check(
+        body["backup_id"] == new_id.as_str()
+            && body["sha256"].as_str().is_some_and(|s| s.len() == 64),
+        "the webhook names the committed backup and its SHA-256",
+    );
+    case.finish();
+}
