@@ -713,7 +713,6 @@ mod cycle_rig {
                 retention: RetentionPolicy::default(),
                 timezone: TimeZone::UTC,
                 pull,
-                agent_id: None,
             },
             offsite: vec![Target::new(target("box", "served:ha", Some(&conf)))],
         };
