@@ -15,6 +15,7 @@ mod daemon;
 mod daemon_process;
 mod deep_verify;
 mod demo;
+mod first_hour;
 mod ha_client;
 mod hostile;
 mod hostkeys;
