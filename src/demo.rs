@@ -88,13 +88,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         let sftp = SftpServer::start(SftpServerOptions::new(
             &ha_backups,
-            "backup",
+            "hapull-sftp",
             key.public_key().clone(),
         ))
         .await
         .context("starting the embedded SFTP server")?;
         say(&format!(
-            "read-only SFTP server for user backup at {} (host key {})",
+            "read-only SFTP server for user hapull-sftp at {} (host key {})",
             sftp.addr(),
             sftp.host_key_fingerprint()
         ));
@@ -232,7 +232,7 @@ fn demo_config(url: &str, sftp_port: Option<u16>) -> String {
             r#"[ssh]
 host = "127.0.0.1"
 port = {port}
-user = "backup"
+user = "hapull-sftp"
 identity_file = "id_ed25519"
 known_hosts = "known_hosts"
 remote_dir = "/"

@@ -134,8 +134,12 @@ pub fn retention(cfg: &Config) -> RetentionPolicy {
 }
 
 pub fn timezone(cfg: &Config) -> Result<jiff::tz::TimeZone, ServiceError> {
-    jiff::tz::TimeZone::get(&cfg.schedule.timezone)
-        .map_err(|e| ServiceError::Config(format!("time zone {}: {e}", cfg.schedule.timezone)))
+    jiff::tz::TimeZone::get(&cfg.schedule.timezone).map_err(|e| {
+        ServiceError::Config(format!(
+            "[schedule] timezone = {:?}: {e}; use a name like \"Europe/Berlin\" or \"UTC\"",
+            cfg.schedule.timezone
+        ))
+    })
 }
 
 pub async fn open_audit(cfg: &Config) -> Result<Option<AuditLog>, ServiceError> {
@@ -317,7 +321,8 @@ pub async fn run(
             .await
             .map_err(|e| setup(format!("[status] listen {addr}: {e}")))?;
         info!(%addr, "status endpoint: /healthz and /metrics");
-        let server = StatusServer::new(metrics.clone(), cfg.status.max_age, clock.clone());
+        let server = StatusServer::new(metrics.clone(), cfg.status.max_age, clock.clone())
+            .with_state_file(state.clone());
         let mut stop_rx = stop_tx.subscribe();
         tokio::spawn(server.serve(listener, async move {
             let _ = stop_rx.wait_for(|v| *v).await;
@@ -326,6 +331,15 @@ pub async fn run(
 
     let mut shutdown = Box::pin(shutdown);
     let audit = open_audit(&cfg).await?;
+    if let Some(a) = &audit {
+        let _ = a
+            .step(
+                Kind::ServiceStarted,
+                json!({"version": env!("CARGO_PKG_VERSION"), "config": cfg.path.display().to_string(),
+                       "cron": cfg.schedule.cron, "timezone": cfg.schedule.timezone}),
+            )
+            .await;
+    }
     let Some(client) = connect_with_retry(&cfg, &mut shutdown).await? else {
         close_audit(&audit).await;
         return Ok(());
@@ -566,6 +580,10 @@ impl CycleJob {
                 Ok((r, duration))
             }
             Err(e) => {
+                let recorded = self.state.record_failure(finished_at);
+                if let Err(e) = recorded {
+                    warn!(error = %e, "cannot record the outcome in the state file; `hapull health` may report stale data");
+                }
                 self.metrics.cycle_finished(&CycleReport {
                     outcome: Outcome::Failed,
                     finished_at,
@@ -684,9 +702,18 @@ impl CycleJob {
 
 async fn watch_connection(client: Client, metrics: Metrics, audit: Option<AuditLog>) {
     let mut state = client.state();
+    let mut last: Option<ConnectionState> = None;
     loop {
         let current = state.borrow_and_update().clone();
         metrics.set_ha_connected(current == ConnectionState::Connected);
+        // A notification that repeats the state already recorded is not a change of connection.
+        if last.as_ref() == Some(&current) {
+            if state.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        last = Some(current.clone());
         let text = match &current {
             ConnectionState::Connected => {
                 json!({"state": "connected", "ha_version": client.ha_version()})

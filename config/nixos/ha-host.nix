@@ -4,7 +4,7 @@
 { lib, ... }:
 
 {
-  users.users.backup = {
+  users.users."hapull-sftp" = {
     isSystemUser = true;
     # Home Assistant's group: the archives are hass:hass and group-readable (UMask below).
     group = "hass";
@@ -20,7 +20,7 @@
     enable = true;
     settings.PasswordAuthentication = false;
     extraConfig = ''
-      Match User backup
+      Match User hapull-sftp
           AuthenticationMethods publickey
           ForceCommand internal-sftp -R
           AllowTcpForwarding no

@@ -104,6 +104,8 @@ pub enum Kind {
     HaEventsGap,
     /// The connection to Home Assistant changed state.
     HaConnection,
+    /// The daemon started (`data`: version, config file, schedule).
+    ServiceStarted,
     /// The daemon stopped.
     ServiceStopped,
     /// Written by the log itself after a torn last line, records missing from the end, or a last record
@@ -144,6 +146,7 @@ impl Kind {
         Kind::HaEvent,
         Kind::HaEventsGap,
         Kind::HaConnection,
+        Kind::ServiceStarted,
         Kind::ServiceStopped,
         Kind::Recovered,
         Kind::Acknowledged,
@@ -178,6 +181,7 @@ impl Kind {
             Kind::HaEvent => "ha.event",
             Kind::HaEventsGap => "ha.events_gap",
             Kind::HaConnection => "ha.connection",
+            Kind::ServiceStarted => "service.started",
             Kind::ServiceStopped => "service.stopped",
             Kind::Recovered => "audit.recovered",
             Kind::Acknowledged => "audit.acknowledged",

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, Global};
 use crate::config::{BackupMode, Config, Via};
@@ -149,6 +149,7 @@ async fn check_home_assistant(cfg: &Config, report: &mut Report) {
         report.add(Level::Ok, "install", install.to_string());
         report.add(Level::Ok, "needs", install_needs(install, cfg.transfer.via));
     }
+    check_automations(cfg, &client, report).await;
     match (cfg.backup.mode, api) {
         (BackupMode::Api, BackupApi::Legacy { .. }) => report.add(
             Level::Ok,
@@ -329,7 +330,11 @@ async fn check_ssh(cfg: &Config, report: &mut Report) {
                 }
             }
         }
-        Err(e) => report.add(Level::Fail, "remote_dir", e.to_string()),
+        Err(e) => report.add(
+            Level::Fail,
+            "remote_dir",
+            crate::cycle::remote_dir_problem(&ssh.remote_dir, &e).unwrap_or_else(|| e.to_string()),
+        ),
     }
     session.close().await;
 }
@@ -414,5 +419,194 @@ async fn check_offsite(cfg: &Config, report: &mut Report) {
             };
             report.add(level, &what, text);
         }
+    }
+}
+
+/// Services that make a backup when an automation calls them.
+const CREATING_SERVICES: &[&str] = &[
+    "backup.create",
+    "backup.create_automatic",
+    "hassio.backup_full",
+    "hassio.backup_partial",
+];
+
+/// What one automation does to backups, by the services its config calls.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BackupCalls {
+    creates: Vec<String>,
+    deletes: Vec<String>,
+}
+
+/// Every service an automation's config calls: the values of `service:` (before 2024.8) and
+/// `action:` (since) at any depth, so actions inside `choose`, `if`, `repeat` and `parallel` count.
+fn called_services(config: &Value, out: &mut Vec<String>) {
+    match config {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if (k == "service" || k == "action")
+                    && let Value::String(s) = v
+                {
+                    out.push(s.trim().to_string());
+                }
+                called_services(v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| called_services(v, out)),
+        _ => {}
+    }
+}
+
+/// Whether `config` (an automation's, as `automation/config` returns it) creates or deletes backups.
+/// A shell command counts as deleting when it is the one `mode = "service"` uses or its name
+/// mentions backups: its command line is not visible over the API.
+fn backup_calls(config: &Value, shell_command: &str) -> BackupCalls {
+    let mut services = Vec::new();
+    called_services(config, &mut services);
+    let mut calls = BackupCalls::default();
+    for s in services {
+        if CREATING_SERVICES.contains(&s.as_str()) {
+            if !calls.creates.contains(&s) {
+                calls.creates.push(s);
+            }
+        } else if let Some(name) = s.strip_prefix("shell_command.")
+            && (name == shell_command || name.contains("backup"))
+            && !calls.deletes.contains(&s)
+        {
+            calls.deletes.push(s);
+        }
+    }
+    calls
+}
+
+/// Warns about each enabled Home Assistant automation that makes or deletes backups by itself — the
+/// recipe's "Create Backup on Schedule" deletes every archive, also ones hapull has not pulled yet.
+async fn check_automations(cfg: &Config, client: &Client, report: &mut Report) {
+    let states = match client.call(json!({"type": "get_states"})).await {
+        Ok(Value::Array(states)) => states,
+        Ok(_) => {
+            report.add(
+                Level::Warn,
+                "automations",
+                "cannot read Home Assistant's automations: get_states did not answer a list",
+            );
+            return;
+        }
+        Err(e) => {
+            report.add(Level::Warn, "automations", format!("cannot read Home Assistant's automations: {e}; make sure none of them creates or deletes backups"));
+            return;
+        }
+    };
+    let automations: Vec<&Value> = states
+        .iter()
+        .filter(|s| {
+            s.get("entity_id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| id.starts_with("automation."))
+        })
+        .collect();
+    let mut found = 0;
+    for a in &automations {
+        let Some(id) = a.get("entity_id").and_then(Value::as_str) else {
+            continue;
+        };
+        let name = a
+            .pointer("/attributes/friendly_name")
+            .and_then(Value::as_str)
+            .unwrap_or(id);
+        let config = match client
+            .call(json!({"type": "automation/config", "entity_id": id}))
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                report.add(
+                    Level::Warn,
+                    "automations",
+                    format!("cannot read the config of {id} ({name:?}): {e}; make sure it does not create or delete backups"),
+                );
+                continue;
+            }
+        };
+        let calls = backup_calls(
+            config.get("config").unwrap_or(&config),
+            &cfg.backup.shell_command,
+        );
+        if calls.creates.is_empty() && calls.deletes.is_empty() {
+            continue;
+        }
+        found += 1;
+        let enabled = a.get("state").and_then(Value::as_str) != Some("off");
+        let mut what = Vec::new();
+        if !calls.deletes.is_empty() {
+            what.push(format!(
+                "{}, which deletes archives hapull may not have pulled yet",
+                calls.deletes.join(", ")
+            ));
+        }
+        if !calls.creates.is_empty() {
+            what.push(format!(
+                "{}, which makes backups on its own schedule",
+                calls.creates.join(", ")
+            ));
+        }
+        let text = format!("automation {name:?} ({id}) calls {}", what.join(", and "));
+        if enabled {
+            report.add(
+                Level::Warn,
+                "automations",
+                format!("{text}: disable it in Home Assistant (Settings -> Automations & scenes, or `automation.turn_off`); hapull makes the backups now (README, Coming from the recipe)"),
+            );
+        } else {
+            report.add(
+                Level::Ok,
+                "automations",
+                format!("{text}, but it is disabled"),
+            );
+        }
+    }
+    if found == 0 {
+        report.add(
+            Level::Ok,
+            "automations",
+            format!(
+                "none of {} automation(s) creates or deletes backups",
+                automations.len()
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recipes_automation_is_recognised_in_old_and_new_syntax() {
+        // As Home Assistant 2024.3 stores the recipe (`service:` steps under `action:`).
+        let old = json!({"id": "recipe_backup_schedule", "alias": "Create Backup on Schedule",
+            "trigger": [{"platform": "time_pattern", "minutes": 5}],
+            "action": [{"service": "shell_command.delete_backups", "data": {}},
+                       {"service": "backup.create", "data": {}}]});
+        let calls = backup_calls(&old, "delete_backups");
+        assert_eq!(calls.deletes, ["shell_command.delete_backups"]);
+        assert_eq!(calls.creates, ["backup.create"]);
+        // 2024.8 and later: `actions:` with `action:` steps, nested in a choose.
+        let new = json!({"triggers": [], "actions": [{"choose": [{"conditions": [],
+            "sequence": [{"action": "hassio.backup_full"}]}]}]});
+        let calls = backup_calls(&new, "delete_backups");
+        assert_eq!(calls.creates, ["hassio.backup_full"]);
+        assert!(calls.deletes.is_empty());
+        // Lights are not backups; a shell command named otherwise is not assumed to delete any.
+        let other =
+            json!({"actions": [{"action": "light.turn_on"}, {"action": "shell_command.notify"}]});
+        assert_eq!(
+            backup_calls(&other, "delete_backups"),
+            BackupCalls::default()
+        );
+        let renamed = json!({"actions": [{"action": "shell_command.purge"}]});
+        assert_eq!(
+            backup_calls(&renamed, "purge").deletes,
+            ["shell_command.purge"]
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! `hapull init`: the files a new installation needs, and what to install on the Home Assistant host.
 //!
-//! Writes a commented `hapull.toml` (the example config with its paths pointed into the chosen folder),
-//! a dedicated ed25519 key pair for the SFTP login and an empty `known_hosts`, then prints the
-//! `authorized_keys` line, the sshd block and the permission settings for a read-only SFTP account on
-//! the Home Assistant host, and the next commands to run. It never overwrites a file unless `--force`
-//! is given, never contacts Home Assistant or the SSH server, and never writes outside `--dir`.
+//! Writes a commented `hapull.toml` (the example config with its paths pointed into the chosen folder
+//! and the given values filled in), a dedicated ed25519 key pair for the SFTP login, an empty
+//! `known_hosts` and the sshd snippet for the Home Assistant host (the same file as
+//! `config/sshd/hapull-sftp.conf`), then prints the `authorized_keys` line and what is left to do. It
+//! never overwrites a file unless `--force` is given, never contacts Home Assistant or the SSH server,
+//! and never writes outside `--dir`.
 
 use std::fs;
 use std::io::{self, Write};
@@ -19,29 +20,50 @@ use super::{EXIT_OK, EXIT_USAGE, Global};
 
 /// The example configuration, every key documented; `init` fills in the paths.
 const EXAMPLE_CONFIG: &str = include_str!("../../config/hapull.example.toml");
+/// The sshd snippet for the Home Assistant host, for the example's account name.
+pub const SSHD_SNIPPET: &str = include_str!("../../config/sshd/hapull-sftp.conf");
 /// The folder the example's config-side paths point into.
 const EXAMPLE_CONFIG_DIR: &str = "/etc/hapull";
 /// The folder the example's data-side paths (store, audit log, state) point into.
 const EXAMPLE_DATA_DIR: &str = "/var/lib/hapull";
 const EXAMPLE_URL_LINE: &str = "url = \"http://homeassistant.local:8123\"";
 const EXAMPLE_HOST_LINE: &str = "host = \"homeassistant.local\"";
-/// The SFTP account's name on the Home Assistant host, as in the example's `[ssh] user`.
-const SSH_USER: &str = "backup";
+const EXAMPLE_PORT_LINE: &str = "# port = 22";
+const EXAMPLE_REMOTE_DIR_LINE: &str = "remote_dir = \"/var/lib/hass/backups\"";
+const EXAMPLE_TIMEZONE_PREFIX: &str = "# timezone = \"UTC\"";
+/// The SFTP account's name on the Home Assistant host, as in the example's `[ssh] user` and the
+/// snippet's `Match User` line. Deliberately not a name an OS already uses (Debian has a `backup`).
+const SSH_USER: &str = "hapull-sftp";
+const SSH_USER_LINE_PREFIX: &str = "user = \"hapull-sftp\"";
+const SNIPPET_MATCH_LINE: &str = "Match User hapull-sftp";
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Folder for hapull.toml, the key pair and known_hosts (created if missing).
+    /// Folder for hapull.toml, the key pair, known_hosts and the sshd snippet (created if missing).
     #[arg(long, value_name = "DIR", default_value = EXAMPLE_CONFIG_DIR)]
     pub dir: PathBuf,
     /// Folder the config points the store, audit log and state file into.
     #[arg(long, value_name = "DIR", default_value = EXAMPLE_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// Home Assistant's URL to write into [home_assistant] url.
+    /// Home Assistant's URL, for [home_assistant] url.
     #[arg(long, value_name = "URL")]
     pub ha_url: Option<String>,
-    /// The Home Assistant host's SSH name or address to write into [ssh] host.
+    /// The Home Assistant host's SSH name or address, for [ssh] host.
     #[arg(long, value_name = "HOST")]
     pub ssh_host: Option<String>,
+    /// The Home Assistant host's SSH port, for [ssh] port (default 22).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ssh_port: Option<u16>,
+    /// The read-only SFTP account on the Home Assistant host, for [ssh] user and the sshd snippet.
+    #[arg(long, value_name = "NAME", default_value = SSH_USER)]
+    pub ssh_user: String,
+    /// Home Assistant's backups folder as that account sees it, for [ssh] remote_dir
+    /// (Home Assistant's config folder + /backups).
+    #[arg(long, value_name = "PATH")]
+    pub remote_dir: Option<String>,
+    /// Time zone of the schedule, for [schedule] timezone (e.g. Europe/Berlin; default UTC).
+    #[arg(long, value_name = "ZONE")]
+    pub timezone: Option<String>,
     /// This machine's address as the Home Assistant host sees it, for `from="..."` in authorized_keys.
     #[arg(long, value_name = "ADDRESS")]
     pub from: Option<String>,
@@ -115,21 +137,81 @@ const CONFIG_NAME: &str = "hapull.toml";
 const KEY_NAME: &str = "id_ed25519";
 const PUB_NAME: &str = "id_ed25519.pub";
 const KNOWN_HOSTS_NAME: &str = "known_hosts";
+const SNIPPET_NAME: &str = "hapull-sftp.conf";
 const TOKEN_NAME: &str = "ha_token";
 
-pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
+/// The values given on the command line that go into the config.
+struct Values<'a> {
+    ha_url: Option<&'a str>,
+    ssh_host: Option<&'a str>,
+    ssh_port: Option<u16>,
+    ssh_user: &'a str,
+    remote_dir: Option<&'a str>,
+    timezone: Option<&'a str>,
+}
+
+/// Checks the flags before anything is written; the error names the flag, the value and the fix.
+fn validate(args: &InitArgs) -> Result<(), String> {
     if let Some(from) = &args.from
         && (from.is_empty() || from.contains(|c: char| c == '"' || c.is_whitespace()))
     {
-        eprintln!(
-            "hapull: error: --from {from:?} is not an address pattern; give an address, a host name or a CIDR range like 192.0.2.0/24"
-        );
+        return Err(format!(
+            "--from {from:?} is not an address pattern; give an address, a host name or a CIDR range like 192.0.2.0/24"
+        ));
+    }
+    let user = &args.ssh_user;
+    if user.is_empty()
+        || user.starts_with('-')
+        || !user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "--ssh-user {user:?} is not an account name; use letters, digits, '-', '_' or '.', e.g. {SSH_USER}"
+        ));
+    }
+    if let Some(dir) = &args.remote_dir
+        && (!dir.starts_with('/') || dir.chars().any(char::is_control))
+    {
+        return Err(format!(
+            "--remote-dir {dir:?} must be an absolute path on the Home Assistant host, e.g. /home/homeassistant/.homeassistant/backups"
+        ));
+    }
+    if let Some(tz) = &args.timezone
+        && jiff::tz::TimeZone::get(tz).is_err()
+    {
+        return Err(format!(
+            "--timezone {tz:?} is not a known time zone; use a name like Europe/Berlin or UTC (`timedatectl list-timezones` lists them)"
+        ));
+    }
+    for (flag, v) in [("--ha-url", &args.ha_url), ("--ssh-host", &args.ssh_host)] {
+        if let Some(v) = v
+            && (v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(format!(
+                "{flag} {v:?} must be a non-empty value without spaces"
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
+    if let Err(msg) = validate(&args) {
+        eprintln!("hapull: error: {msg}; nothing was written");
         return Ok(ExitCode::from(EXIT_USAGE));
     }
     // Paths in the written config must not depend on the folder hapull is later started from.
     let dir = absolute(&args.dir)?;
     let data_dir = absolute(&args.data_dir)?;
-    let targets = [CONFIG_NAME, KEY_NAME, PUB_NAME, KNOWN_HOSTS_NAME].map(|n| dir.join(n));
+    let targets = [
+        CONFIG_NAME,
+        KEY_NAME,
+        PUB_NAME,
+        KNOWN_HOSTS_NAME,
+        SNIPPET_NAME,
+    ]
+    .map(|n| dir.join(n));
     if !args.force {
         let existing: Vec<String> = targets
             .iter()
@@ -151,15 +233,19 @@ pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
     }
 
     let install = args.install.unwrap_or_else(ask_install);
-    let mut config = render_config(
-        &dir,
-        &data_dir,
-        args.ha_url.as_deref(),
-        args.ssh_host.as_deref(),
-    )?;
+    let values = Values {
+        ha_url: args.ha_url.as_deref(),
+        ssh_host: args.ssh_host.as_deref(),
+        ssh_port: args.ssh_port,
+        ssh_user: &args.ssh_user,
+        remote_dir: args.remote_dir.as_deref(),
+        timezone: args.timezone.as_deref(),
+    };
+    let mut config = render_config(&dir, &data_dir, &values)?;
     if install == InstallKind::Os {
         config = http_only(&config);
     }
+    let snippet = sshd_snippet(&args.ssh_user);
     let comment = format!("hapull@{}", hostname());
     let mut key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
         .context("generating an ed25519 key pair")?;
@@ -177,6 +263,7 @@ pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
     write_file(&dir.join(KEY_NAME), private.as_bytes(), 0o600)?;
     write_file(&dir.join(PUB_NAME), format!("{public}\n").as_bytes(), 0o644)?;
     write_file(&dir.join(KNOWN_HOSTS_NAME), b"", 0o644)?;
+    write_file(&dir.join(SNIPPET_NAME), snippet.as_bytes(), 0o644)?;
     write_file(&dir.join(CONFIG_NAME), config.as_bytes(), 0o644)?;
     sync_dir(&dir)?;
 
@@ -189,11 +276,19 @@ pub async fn run(_global: &Global, args: InitArgs) -> anyhow::Result<ExitCode> {
             &public,
             &fingerprint.to_string(),
             args.from.as_deref(),
+            &values,
+            &snippet,
         ),
     };
     // A closed pipe (`hapull init | head`) is not a failure: the files are written.
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
     Ok(ExitCode::from(EXIT_OK))
+}
+
+/// The sshd snippet for the account `user`: `config/sshd/hapull-sftp.conf` with its `Match User` line
+/// naming that account.
+pub fn sshd_snippet(user: &str) -> String {
+    SSHD_SNIPPET.replacen(SNIPPET_MATCH_LINE, &format!("Match User {user}"), 1)
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
@@ -223,14 +318,29 @@ fn toml_escape(s: &str) -> String {
     out
 }
 
-/// The example config with its paths moved into `dir` and `data_dir`, and the URL and host filled in
-/// when given.
-fn render_config(
-    dir: &Path,
-    data_dir: &Path,
-    ha_url: Option<&str>,
-    ssh_host: Option<&str>,
-) -> anyhow::Result<String> {
+/// Replaces the one line of the example that starts with `prefix` (comment after it included) by
+/// `line`; an error when the example lost that line, so a changed example cannot silently leave a
+/// value out.
+fn replace_line(text: &str, prefix: &str, line: &str) -> anyhow::Result<String> {
+    let mut done = false;
+    let mut out = String::with_capacity(text.len() + line.len());
+    for l in text.split_inclusive('\n') {
+        if !done && l.starts_with(prefix) {
+            out.push_str(line);
+            out.push('\n');
+            done = true;
+        } else {
+            out.push_str(l);
+        }
+    }
+    if !done {
+        anyhow::bail!("the built-in example config has no line starting with {prefix:?}");
+    }
+    Ok(out)
+}
+
+/// The example config with its paths moved into `dir` and `data_dir`, and the given values filled in.
+fn render_config(dir: &Path, data_dir: &Path, v: &Values<'_>) -> anyhow::Result<String> {
     let utf8 = |p: &Path| {
         p.to_str()
             .map(|s| s.trim_end_matches('/').to_string())
@@ -248,23 +358,46 @@ fn render_config(
     if data_s != EXAMPLE_DATA_DIR {
         text = text.replacen("# state_file = \"", "state_file = \"", 1);
     }
-    if let Some(url) = ha_url {
-        text = text.replacen(
+    if let Some(url) = v.ha_url {
+        text = replace_line(
+            &text,
             EXAMPLE_URL_LINE,
             &format!("url = \"{}\"", toml_escape(url)),
-            1,
-        );
+        )?;
     }
-    if let Some(host) = ssh_host {
-        text = text.replacen(
+    if let Some(host) = v.ssh_host {
+        text = replace_line(
+            &text,
             EXAMPLE_HOST_LINE,
             &format!("host = \"{}\"", toml_escape(host)),
-            1,
-        );
+        )?;
+    }
+    if let Some(port) = v.ssh_port {
+        text = replace_line(&text, EXAMPLE_PORT_LINE, &format!("port = {port}"))?;
+    }
+    if v.ssh_user != SSH_USER {
+        text = replace_line(
+            &text,
+            SSH_USER_LINE_PREFIX,
+            &format!("user = \"{}\"", toml_escape(v.ssh_user)),
+        )?;
+    }
+    if let Some(remote) = v.remote_dir {
+        text = replace_line(
+            &text,
+            EXAMPLE_REMOTE_DIR_LINE,
+            &format!("remote_dir = \"{}\"", toml_escape(remote)),
+        )?;
+    }
+    if let Some(tz) = v.timezone {
+        text = replace_line(
+            &text,
+            EXAMPLE_TIMEZONE_PREFIX,
+            &format!("timezone = \"{}\"", toml_escape(tz)),
+        )?;
     }
     let header = format!(
-        "# Written by `hapull init`. Before the first run: set [home_assistant] url and [ssh] host, and put a\n\
-         # long-lived access token into {}/{TOKEN_NAME} (chmod 600).\n",
+        "# Written by `hapull init`. The long-lived access token goes into {}/{TOKEN_NAME} (mode 600).\n",
         utf8(dir)?
     );
     Ok(header + &text)
@@ -326,108 +459,92 @@ out). A key pair {d}/{KEY_NAME} and {d}/{PUB_NAME} is there too, in case you lat
     )
 }
 
-/// Everything to do next, on the Home Assistant host and here.
-fn instructions(dir: &Path, public: &str, fingerprint: &str, from: Option<&str>) -> String {
+/// What the Home Assistant host needs and what is left to do here, in order.
+fn instructions(
+    dir: &Path,
+    public: &str,
+    fingerprint: &str,
+    from: Option<&str>,
+    v: &Values<'_>,
+    snippet: &str,
+) -> String {
     let d = dir.display();
-    let user = SSH_USER;
+    let user = v.ssh_user;
     let key_line = match from {
         Some(addr) => format!("restrict,from=\"{addr}\" {public}"),
         None => format!("restrict {public}"),
     };
     let from_hint = match from {
         Some(_) => String::new(),
-        None => format!(
-            "   To accept this key only from this machine, put its address in front (or re-run with --from):\n\
-             \x20     restrict,from=\"192.0.2.10\" {public}\n"
-        ),
+        None => "   (To accept this key only from this machine, re-run with --from <this machine's address>.)\n"
+            .to_string(),
     };
+    let config = format!("{d}/{CONFIG_NAME}");
+    let c = if config == crate::config::DEFAULT_CONFIG_PATH {
+        String::new()
+    } else {
+        format!(" -c {config}")
+    };
+    // What the written config still holds as the example's placeholder.
+    let mut left = Vec::new();
+    if v.ha_url.is_none() {
+        left.push(
+            "[home_assistant] url is the example's http://homeassistant.local:8123 (--ha-url)"
+                .to_string(),
+        );
+    }
+    if v.ssh_host.is_none() {
+        left.push("[ssh] host is the example's homeassistant.local (--ssh-host)".to_string());
+    }
+    if v.remote_dir.is_none() {
+        left.push("[ssh] remote_dir is NixOS's /var/lib/hass/backups; set Home Assistant's config folder + /backups (--remote-dir)".to_string());
+    }
+    if v.timezone.is_none() {
+        left.push("[schedule] timezone is UTC (--timezone)".to_string());
+    }
+    let left = if left.is_empty() {
+        "   The config needs no edit: every value it needs was given.\n".to_string()
+    } else {
+        let mut s = format!(
+            "   Still the example's values in {config} (edit them, or re-run init --force with the flag):\n"
+        );
+        for l in left {
+            s.push_str(&format!("     - {l}\n"));
+        }
+        s
+    };
+    let snippet_body: String = snippet
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| format!("      {l}\n"))
+        .collect();
     format!(
-        r#"Wrote {d}/{CONFIG_NAME}, {d}/{KEY_NAME} (mode 600), {d}/{PUB_NAME} and an empty {d}/{KNOWN_HOSTS_NAME}.
+        r#"Wrote {config}, {d}/{KEY_NAME} (mode 600), {d}/{PUB_NAME}, an empty {d}/{KNOWN_HOSTS_NAME}
+and {d}/{SNIPPET_NAME} (the sshd settings for the Home Assistant host).
 The new key's fingerprint is {fingerprint}.
 
-== On the Home Assistant host (as root) ==
+== On the Home Assistant host, as root (docs/SETUP.md has every command) ==
 
-1. A user that may only read backups, in Home Assistant's group:
-
-      id {user} >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {user}
-      usermod -aG hass {user}
-      usermod -p '*' {user}      # no password, but not locked: sshd refuses locked accounts even with a key
-
-   (NixOS: users.users.{user} = {{ isSystemUser = true; group = "hass";
-    openssh.authorizedKeys.keys = [ "<the line from step 2>" ]; }};  see config/nixos/ in hapull's sources.)
-
-2. Its authorized_keys file, /etc/ssh/authorized_keys/{user} (owned by root, mode 644), with this one line.
-   `restrict` turns off forwarding, the terminal and ~/.ssh/rc for this key:
+1. An account `{user}` that may only read backups: in Home Assistant's group, no password, not locked.
+2. /etc/ssh/authorized_keys/{user} (root-owned, mode 644) holding this one line:
 
       {key_line}
-
 {from_hint}
-3. In /etc/ssh/sshd_config (at the end: a Match block runs to the end of the file or the next Match):
+3. {d}/{SNIPPET_NAME} copied to /etc/ssh/sshd_config.d/50-hapull-sftp.conf, then `sshd -t && systemctl reload ssh`:
 
-      Match User {user}
-          AuthorizedKeysFile /etc/ssh/authorized_keys/%u
-          ForceCommand internal-sftp -R
-          AuthenticationMethods publickey
-          AllowTcpForwarding no
-          X11Forwarding no
-          PermitTTY no
+{snippet_body}
+4. Home Assistant's archives group-readable: its umask 0027, `chmod -R g+rX` on the backups folder, and
+   group search (g+x) on every folder above it.
 
-   `internal-sftp -R` serves SFTP read-only: the account can read the backups and change nothing.
-   Stricter, with a chroot: bind-mount the backups folder read-only into an empty folder and lock the
-   account in there. ChrootDirectory and every folder above it must be owned by root and not writable by
-   group or others (sshd refuses the login otherwise), so /var/lib/hass itself cannot be the chroot:
+== Left to do on this machine ==
 
-      install -d -o root -g root -m 755 /srv/hapull-sftp /srv/hapull-sftp/backups
-      mount --bind -o ro /var/lib/hass/backups /srv/hapull-sftp/backups   # and an /etc/fstab line:
-      # /var/lib/hass/backups  /srv/hapull-sftp/backups  none  bind,ro  0 0
-
-      Match User {user}
-          AuthorizedKeysFile /etc/ssh/authorized_keys/%u
-          ChrootDirectory /srv/hapull-sftp
-          ForceCommand internal-sftp -R -d /backups
-          AuthenticationMethods publickey
-          AllowTcpForwarding no
-          X11Forwarding no
-          PermitTTY no
-
-   and here set [ssh] remote_dir = "/backups". Then: sshd -t && systemctl reload ssh (NixOS: sshd).
-
-4. Let the group read the backups. Home Assistant writes archives with its umask; make it 0027 so its
-   group may read them (systemd: `systemctl edit home-assistant`, add):
-
-      [Service]
-      UMask=0027
-
-   and once, for the archives that already exist:
-
-      chmod g+rX /var/lib/hass /var/lib/hass/backups
-      chmod -R g+rX /var/lib/hass/backups
-
-   (Adjust the path: Home Assistant OS/Container keep backups in <config>/backups.) Mind the case:
-   the widely copied `chmod -r g+rx` is not recursive. `-r` means "remove read", so it takes read
-   permission away from everyone. Use `-R`.
-
-== On this machine ==
-
-5. The token: in Home Assistant, your profile -> Security -> Long-lived access tokens -> Create token
-   (an administrator's: the backup API is admin-only), then:
-
-      install -m 600 /dev/null {d}/{TOKEN_NAME} && nano {d}/{TOKEN_NAME}
-
-6. Edit {d}/{CONFIG_NAME}: [home_assistant] url, [ssh] host, [store] dir, [schedule] timezone.
-   If hapull runs as another user (the systemd unit's `hapull`, uid 10001 in the container image):
-      chown -R hapull: {d}
-
-7. Pin the Home Assistant host's SSH key, compare its fingerprint with the one on that host
-   (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` there), and add the printed line to {d}/{KNOWN_HOSTS_NAME}:
-
-      hapull -c {d}/{CONFIG_NAME} trust-host
-
-8. Check everything, make the first backup, then let it run on its schedule:
-
-      hapull -c {d}/{CONFIG_NAME} check
-      hapull -c {d}/{CONFIG_NAME} once
-      systemctl enable --now hapull      # or: docker compose up -d, or NixOS services.hapull.enable
+{left}   - the token: an administrator's long-lived access token (HA profile -> Security) alone in
+       {d}/{TOKEN_NAME}:   install -m 600 /dev/null {d}/{TOKEN_NAME} && nano {d}/{TOKEN_NAME}
+   - if hapull runs as its own user (the systemd unit's `hapull`): chown -R hapull:hapull {d}
+   - pin the host key: compare the fingerprint with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`
+       on the Home Assistant host, then:   hapull{c} trust-host --write
+   - hapull{c} check        # exit 0 = ready
+   - hapull{c} once         # the first backup, end to end
 "#
     )
 }
@@ -436,29 +553,45 @@ The new key's fingerprint is {fingerprint}.
 mod tests {
     use super::*;
 
+    fn values<'a>() -> Values<'a> {
+        Values {
+            ha_url: None,
+            ssh_host: None,
+            ssh_port: None,
+            ssh_user: SSH_USER,
+            remote_dir: None,
+            timezone: None,
+        }
+    }
+
     #[test]
     fn the_example_still_has_the_lines_init_rewrites() {
         assert!(
             EXAMPLE_CONFIG.contains(&format!("# state_file = \"{EXAMPLE_DATA_DIR}/state.json\""))
         );
-        assert!(EXAMPLE_CONFIG.contains(EXAMPLE_URL_LINE));
-        assert!(EXAMPLE_CONFIG.contains(EXAMPLE_HOST_LINE));
         assert!(EXAMPLE_CONFIG.contains(&format!("\"{EXAMPLE_CONFIG_DIR}/id_ed25519\"")));
         assert!(EXAMPLE_CONFIG.contains(&format!("\"{EXAMPLE_CONFIG_DIR}/known_hosts\"")));
         assert!(EXAMPLE_CONFIG.contains(&format!("\"{EXAMPLE_CONFIG_DIR}/{TOKEN_NAME}\"")));
         assert!(EXAMPLE_CONFIG.contains(&format!("\"{EXAMPLE_DATA_DIR}/archives\"")));
-        assert!(EXAMPLE_CONFIG.contains(&format!("user = \"{SSH_USER}\"")));
+        assert!(SSHD_SNIPPET.contains(&format!("\n{SNIPPET_MATCH_LINE}\n")));
+        // Every value flag finds its line (render_config fails otherwise).
+        let v = Values {
+            ha_url: Some("http://ha:8123"),
+            ssh_host: Some("ha"),
+            ssh_port: Some(2222),
+            ssh_user: "other",
+            remote_dir: Some("/x/backups"),
+            timezone: Some("Europe/Berlin"),
+        };
+        render_config(Path::new("/c"), Path::new("/d"), &v).unwrap();
     }
 
     #[test]
     fn rendered_config_points_into_the_chosen_folders() {
-        let text = render_config(
-            Path::new("/srv/my \"conf\""),
-            Path::new("/data/"),
-            Some("https://ha.example:8123"),
-            Some("ha.example"),
-        )
-        .unwrap();
+        let mut v = values();
+        v.ha_url = Some("https://ha.example:8123");
+        v.ssh_host = Some("ha.example");
+        let text = render_config(Path::new("/srv/my \"conf\""), Path::new("/data/"), &v).unwrap();
         assert!(!text.contains("\"/etc/hapull/"), "{text}");
         assert!(!text.contains("\"/var/lib/hapull/"), "{text}");
         let raw = crate::config::RawConfig::parse(&text).unwrap();
@@ -468,6 +601,7 @@ mod tests {
             Some("/srv/my \"conf\"/id_ed25519")
         );
         assert_eq!(ssh.host.as_deref(), Some("ha.example"));
+        assert_eq!(ssh.user.as_deref(), Some(SSH_USER));
         assert_eq!(raw.store.unwrap().dir.as_deref(), Some("/data/archives"));
         assert_eq!(
             raw.schedule.unwrap().state_file.as_deref(),
@@ -477,5 +611,34 @@ mod tests {
             raw.home_assistant.unwrap().url.as_deref(),
             Some("https://ha.example:8123")
         );
+    }
+
+    #[test]
+    fn every_given_value_lands_in_its_key() {
+        let v = Values {
+            ha_url: Some("http://10.0.0.5:8123"),
+            ssh_host: Some("10.0.0.5"),
+            ssh_port: Some(2222),
+            ssh_user: "sftp-ha",
+            remote_dir: Some("/home/homeassistant/.homeassistant/backups"),
+            timezone: Some("Europe/Berlin"),
+        };
+        let text =
+            render_config(Path::new("/etc/hapull"), Path::new("/var/lib/hapull"), &v).unwrap();
+        let raw = crate::config::RawConfig::parse(&text).unwrap();
+        let ssh = raw.ssh.unwrap();
+        assert_eq!(ssh.host.as_deref(), Some("10.0.0.5"));
+        assert_eq!(ssh.port, Some(2222));
+        assert_eq!(ssh.user.as_deref(), Some("sftp-ha"));
+        assert_eq!(
+            ssh.remote_dir.as_deref(),
+            Some("/home/homeassistant/.homeassistant/backups")
+        );
+        assert_eq!(
+            raw.schedule.unwrap().timezone.as_deref(),
+            Some("Europe/Berlin")
+        );
+        assert!(sshd_snippet("sftp-ha").contains("\nMatch User sftp-ha\n"));
+        assert_eq!(sshd_snippet(SSH_USER), SSHD_SNIPPET);
     }
 }

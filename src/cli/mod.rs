@@ -301,8 +301,9 @@ pub async fn connect(cfg: &Config, reconnect: bool) -> anyhow::Result<Client> {
     let opts = crate::service::client_options(cfg, reconnect)?;
     Client::connect(opts).await.with_context(|| {
         format!(
-            "connecting to Home Assistant at {}",
-            cfg.home_assistant.endpoint
+            "connecting to Home Assistant at {} ([home_assistant] url in {})",
+            cfg.home_assistant.endpoint,
+            cfg.path.display()
         )
     })
 }

@@ -22,7 +22,7 @@ pub async fn run_once(global: &Global, _args: OnceArgs) -> anyhow::Result<ExitCo
     let _lock = super::lock_store(global, &cfg, "once").await?;
     let ctx = build(&cfg).await?;
     let outcome = ctx.run_cycle().await;
-    finish(&ctx, outcome).await
+    finish(&cfg, &ctx, outcome).await
 }
 
 pub async fn run_pull(global: &Global, args: PullArgs) -> anyhow::Result<ExitCode> {
@@ -30,16 +30,18 @@ pub async fn run_pull(global: &Global, args: PullArgs) -> anyhow::Result<ExitCod
     let _lock = super::lock_store(global, &cfg, "pull").await?;
     let ctx = build(&cfg).await?;
     let outcome = ctx.pull_existing(&args.backup_id).await;
-    finish(&ctx, outcome).await
+    finish(&cfg, &ctx, outcome).await
 }
 
 async fn finish(
+    cfg: &crate::config::Config,
     ctx: &crate::cycle::Context,
     outcome: Result<Report, crate::cycle::CycleError>,
 ) -> anyhow::Result<ExitCode> {
     if let Some(audit) = &ctx.audit {
         audit.close().await?;
     }
+    record_outcome(cfg, &outcome);
     match outcome {
         Ok(r) => {
             println!(
@@ -107,6 +109,34 @@ async fn finish(
             }
             Ok(ExitCode::from(EXIT_FAILED))
         }
+    }
+}
+
+/// Writes the outcome into the state file, where `hapull health` and a daemon's `/healthz` read the
+/// last success. Only a cycle that finished counts as a success, as in the daemon and its metrics. A
+/// state file that cannot be written is reported and does not change the exit code: the backup
+/// itself is done.
+fn record_outcome(cfg: &crate::config::Config, outcome: &Result<Report, crate::cycle::CycleError>) {
+    let committed = outcome.is_ok();
+    let path = &cfg.schedule.state_file;
+    let write = || -> anyhow::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::private_fs::create_dir_all(dir)?;
+        }
+        let state = crate::daemon::StateFile::open(path)?;
+        let now = jiff::Timestamp::now();
+        if committed {
+            state.record_success(now)?;
+        } else {
+            state.record_failure(now)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        eprintln!(
+            "hapull: warning: cannot record the outcome in the state file {}: {e:#}; `hapull health` will not see it",
+            path.display()
+        );
     }
 }
 

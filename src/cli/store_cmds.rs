@@ -47,7 +47,11 @@ pub async fn list(global: &Global, args: ListArgs) -> anyhow::Result<ExitCode> {
     let cfg = super::load_config(global)?;
     if args.remote {
         let client = super::connect(&cfg, false).await?;
-        let list = client.backup_info().await?;
+        let mut list = client.backup_info().await?;
+        // Newest first, as the local list; Home Assistant's order is not defined. Dates HA wrote in
+        // a form that does not parse go last, in their own order.
+        list.backups
+            .sort_by_cached_key(|b| std::cmp::Reverse(b.date.parse::<jiff::Timestamp>().ok()));
         if args.json {
             let items: Vec<_> = list
                 .backups

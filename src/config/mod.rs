@@ -609,7 +609,7 @@ impl Validator<'_> {
         if host.is_empty() || host.contains(char::is_whitespace) {
             return Err(self.err(S, "host", format!("{host:?} is not a host name")));
         }
-        let user = r.user.unwrap_or_else(|| "backup".to_string());
+        let user = r.user.unwrap_or_else(|| "hapull-sftp".to_string());
         let identity_file = self.readable_file(
             S,
             "identity_file",
@@ -776,7 +776,7 @@ impl Validator<'_> {
                 format!("{agent:?} is not an agent id (e.g. \"backup.local\" or \"hassio.local\"; `hapull check` lists them)"),
             ));
         }
-        let name = r.name.unwrap_or_else(|| "hapull {date}".to_string());
+        let name = r.name.unwrap_or_else(|| "hapull".to_string());
         if name.trim().is_empty() {
             return Err(self.err(S, "name", "must not be empty"));
         }

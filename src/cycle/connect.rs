@@ -10,7 +10,26 @@ use tracing::info;
 use super::{At, Context, CycleError, Source, Step};
 use crate::audit::Kind;
 use crate::ha::{BackupApi, Install, Subscription, choose_local_agent};
-use crate::transfer::Session;
+use crate::transfer::{Session, TransferError};
+
+/// A listing of `[ssh] remote_dir` that failed because of the configured value or the folder's
+/// permissions, said as a config problem: the key, its value, what went wrong and the fix.
+pub fn remote_dir_problem(remote_dir: &str, e: &TransferError) -> Option<String> {
+    match e {
+        TransferError::NotFound { host, .. } => Some(format!(
+            "[ssh] remote_dir = {remote_dir:?}: no such folder on {host}. Set it to Home Assistant's \
+             config folder + /backups as the SFTP account sees it (Core on Debian: \
+             /home/homeassistant/.homeassistant/backups; NixOS: /var/lib/hass/backups; chroot variant: \
+             /backups); docs/SETUP.md shows how to find the config folder"
+        )),
+        TransferError::PermissionDenied { user, .. } => Some(format!(
+            "[ssh] remote_dir = {remote_dir:?}: user {user} may not list it (permission denied). Put \
+             {user} in Home Assistant's group, and give that group read and search permission on the \
+             folder and search (g+x) on every folder above it: docs/SETUP.md, Permissions"
+        )),
+        _ => None,
+    }
+}
 
 impl Context {
     pub(super) async fn connect(
@@ -91,6 +110,14 @@ impl Context {
         let session = self.session(Step::Connect).await?;
         let listed = session.list_dir(&self.settings.remote_dir).await;
         session.close().await;
+        if let Err(e) = &listed
+            && let Some(message) = remote_dir_problem(&self.settings.remote_dir, e)
+        {
+            return Err(CycleError::Refused {
+                step: Step::Connect,
+                message,
+            });
+        }
         listed.at(Step::Connect)?;
         Ok(())
     }

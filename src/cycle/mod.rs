@@ -47,6 +47,7 @@ use crate::secret::Secret;
 use crate::store::{self, RetentionPolicy, Store, StoredArchive};
 use crate::transfer::{HttpTarget, Identity, PullOptions, PullOutcome, SshTarget, TransferError};
 
+pub use connect::remote_dir_problem;
 pub use locate::{ha_archive_file_name, peek_backup_json};
 
 /// The steps of a cycle, as named in logs, audit records and errors.

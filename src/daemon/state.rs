@@ -1,5 +1,6 @@
-//! The daemon's small state file: when the last scheduled run was due, when the last cycle
-//! succeeded, when the daemon started, how many failed cycles were retried and which retry is due.
+//! The small state file: when the last scheduled run was due, when the last cycle succeeded or
+//! failed (written by the daemon and by `hapull once` / `hapull pull`), when the daemon started, how
+//! many failed cycles were retried and which retry is due.
 //!
 //! It lets a restarted daemon catch up a run missed while the machine was down, and lets
 //! `hapull health` (a separate process) judge health by the same rule as `/healthz`. It holds only
@@ -42,6 +43,8 @@ pub struct State {
     pub last_success: Option<Timestamp>,
     /// When the daemon last started.
     pub started_at: Option<Timestamp>,
+    /// When the last cycle failed (informational: health is judged by the last success).
+    pub last_failure: Option<Timestamp>,
     /// Retries of failed cycles, counted over the daemon's whole life (kept across restarts).
     pub retries: u64,
     /// A retry that is waiting to run: which attempt, and when.
@@ -63,6 +66,8 @@ struct OnDisk {
     last_success: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_failure: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     retries: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,6 +110,7 @@ impl State {
             last_scheduled_run: ts("last_scheduled_run", disk.last_scheduled_run)?,
             last_success: ts("last_success", disk.last_success)?,
             started_at: ts("started_at", disk.started_at)?,
+            last_failure: ts("last_failure", disk.last_failure)?,
             retries: disk.retries,
             pending_retry: match (disk.retry_attempt, next_retry) {
                 (Some(attempt), Some(at)) => Some(RetryAt { attempt, at }),
@@ -124,6 +130,7 @@ impl State {
             last_scheduled_run: self.last_scheduled_run.map(|t| t.to_string()),
             last_success: self.last_success.map(|t| t.to_string()),
             started_at: self.started_at.map(|t| t.to_string()),
+            last_failure: self.last_failure.map(|t| t.to_string()),
             retries: self.retries,
             retry_attempt: self.pending_retry.map(|r| r.attempt),
             next_retry: self.pending_retry.map(|r| r.at.to_string()),
@@ -163,6 +170,16 @@ impl StateFile {
         *self.lock()
     }
 
+    /// The state as the file holds it now: another process (`hapull once`) may have written it. A
+    /// file that cannot be read leaves the last known state.
+    pub fn reload(&self) -> State {
+        let mut guard = self.lock();
+        if let Ok(on_disk) = State::read(&self.path) {
+            *guard = on_disk;
+        }
+        *guard
+    }
+
     /// Records that the daemon started at `at`.
     pub fn record_start(&self, at: Timestamp) -> Result<(), StateError> {
         self.update(|s| s.started_at = Some(at))
@@ -197,9 +214,16 @@ impl StateFile {
         self.update(|s| s.pending_retry = None)
     }
 
+    /// Records a cycle that failed at `at`.
+    pub fn record_failure(&self, at: Timestamp) -> Result<(), StateError> {
+        self.update(|s| s.last_failure = Some(at))
+    }
+
     fn update(&self, f: impl FnOnce(&mut State)) -> Result<(), StateError> {
         let mut guard = self.lock();
-        let mut next = *guard;
+        // Start from what the file holds now, so a daemon and a one-shot command writing the same
+        // file do not undo each other's records.
+        let mut next = State::read(&self.path).unwrap_or(*guard);
         f(&mut next);
         next.write(&self.path)?;
         *guard = next;

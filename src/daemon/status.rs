@@ -2,8 +2,10 @@
 //! for `GET /healthz` and `GET /metrics`.
 //!
 //! The health rule: healthy when the last successful cycle finished within `max_age`, and also
-//! during a grace period of `max_age` after the daemon started (a freshly started daemon has had no
-//! chance to succeed yet). `/healthz` and [`health_from_state_file`] apply the same rule.
+//! during a start-up grace period of `max_age` after the daemon started (a freshly started daemon has
+//! had no chance to succeed yet). `/healthz` and [`health_from_state_file`] apply the same rule to the
+//! same record: the state file, where the daemon and `hapull once` / `hapull pull` write their
+//! successes.
 //!
 //! The server is for a local scraper or a health check, not the internet: it answers two paths, caps
 //! request size, connection count and time per connection, closes every connection after one answer
@@ -23,7 +25,7 @@ use tokio::task::JoinSet;
 
 use super::clock::Clock;
 use super::metrics::Metrics;
-use super::state::State;
+use super::state::{State, StateFile};
 
 /// Healthy or not, with the reason a person reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,10 +99,18 @@ pub fn health_from_state_file(path: &Path, max_age: Duration, now: Timestamp) ->
             started_at: None,
             ..
         }) => Health::Unhealthy(format!(
-            "{} records no start and no successful backup; is `hapull run` running with this state file?",
+            "{} records no start and no successful backup; is `hapull run` running with this state file, or has `hapull once` succeeded?",
             path.display()
         )),
-        Ok(state) => evaluate(state.last_success, state.started_at, max_age, now),
+        Ok(state) => match evaluate(state.last_success, state.started_at, max_age, now) {
+            Health::Unhealthy(reason) => match state.last_failure {
+                Some(failed) if state.last_success.is_none_or(|ok| failed > ok) => {
+                    Health::Unhealthy(format!("{reason}; the last cycle failed at {failed}"))
+                }
+                _ => Health::Unhealthy(reason),
+            },
+            healthy => healthy,
+        },
         Err(e) => Health::Unhealthy(e.to_string()),
     }
 }
@@ -133,6 +143,7 @@ pub struct StatusServer {
     max_age: Duration,
     clock: Clock,
     limits: Limits,
+    state: Option<StateFile>,
 }
 
 impl StatusServer {
@@ -142,7 +153,15 @@ impl StatusServer {
             max_age,
             clock,
             limits: Limits::default(),
+            state: None,
         }
+    }
+
+    /// Also counts the successes recorded in `state` (by this daemon, or by `hapull once` meanwhile),
+    /// so `/healthz` and `hapull health` agree.
+    pub fn with_state_file(mut self, state: StateFile) -> StatusServer {
+        self.state = Some(state);
+        self
     }
 
     pub fn with_limits(mut self, limits: Limits) -> StatusServer {
@@ -153,7 +172,9 @@ impl StatusServer {
     /// Health by the rule in the module docs, from the metrics registry.
     pub fn health(&self) -> Health {
         let s = self.metrics.snapshot();
-        evaluate(s.last_success, s.started_at, self.max_age, self.clock.now())
+        let recorded = self.state.as_ref().and_then(|f| f.reload().last_success);
+        let last_success = s.last_success.max(recorded);
+        evaluate(last_success, s.started_at, self.max_age, self.clock.now())
     }
 
     /// Serves on `listener` until `shutdown` resolves, then stops accepting and waits for the
@@ -235,7 +256,13 @@ impl StatusServer {
                 true,
             ),
             "/healthz" => match self.health() {
-                Health::Healthy(_) => response(200, "text/plain", "ok\n", &[], with_body),
+                Health::Healthy(reason) => response(
+                    200,
+                    "text/plain",
+                    &format!("healthy: {reason}\n"),
+                    &[],
+                    with_body,
+                ),
                 Health::Unhealthy(reason) => response(
                     503,
                     "text/plain",

@@ -307,6 +307,71 @@ pub(crate) fn append_known_host(path: &Path, info: &HostKeyInfo) -> Result<(), T
     })
 }
 
+/// What [`trust_host_key`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustOutcome {
+    /// The line was appended.
+    Added,
+    /// The file already trusts this key for this host; nothing was written.
+    AlreadyPresent,
+}
+
+/// Adds the key a user confirmed (`info`, as [`scan_host_key`](super::scan_host_key) saw it for
+/// `host`:`port`) to the known_hosts file at `path`, unless the file already trusts it. A file that
+/// records a *different* key of the same type for this host is left alone and reported as a changed
+/// host key: replacing a key is the user's decision, made by editing the file.
+pub fn trust_host_key(
+    path: &Path,
+    host: &str,
+    port: u16,
+    info: &HostKeyInfo,
+) -> Result<TrustOutcome, TransferError> {
+    let mut fields = info.known_hosts_line.split_whitespace().skip(1);
+    let key = match (fields.next(), fields.next()) {
+        (Some(alg), Some(b64)) => parse_key(alg, b64),
+        _ => None,
+    };
+    let Some(key) = key else {
+        return Err(TransferError::KnownHostsWrite {
+            host_port: info.host_port.clone(),
+            path: path.to_path_buf(),
+            source: std::io::Error::other(
+                "the scanned key cannot be encoded as a known_hosts line",
+            ),
+        });
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(TransferError::KnownHostsUnreadable {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let verdict =
+        verdict(&text, host, port, &key).map_err(|bad| TransferError::KnownHostsLine {
+            path: path.to_path_buf(),
+            line: bad.line,
+            reason: bad.reason,
+        })?;
+    match verdict {
+        Verdict::Trusted => Ok(TrustOutcome::AlreadyPresent),
+        Verdict::Changed { line, algorithm } => Err(TransferError::HostKeyChanged {
+            host_port: info.host_port.clone(),
+            fingerprint: info.fingerprint.clone(),
+            algorithm,
+            path: path.to_path_buf(),
+            line,
+        }),
+        Verdict::Unknown => {
+            append_known_host(path, info)?;
+            Ok(TrustOutcome::Added)
+        }
+    }
+}
+
 /// Whether `key` matches one of the pinned fingerprints (with or without base64 padding).
 pub(crate) fn pinned_match(pins: &[String], key: &PublicKey) -> bool {
     let actual = fingerprint(key);

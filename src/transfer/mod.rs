@@ -27,7 +27,7 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 
 pub use error::TransferError;
-pub use hostkey::{HostKeyInfo, HostKeyPolicy};
+pub use hostkey::{HostKeyInfo, HostKeyPolicy, TrustOutcome, trust_host_key};
 pub use http::{HttpTarget, download, download_observed};
 pub use session::{Identity, RemoteEntry, Session, SessionOptions, load_identity, scan_host_key};
 

@@ -303,3 +303,42 @@ async fn run_records_chosen_events_from_real_home_assistant() {
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+/// The lab keeps the recipe's automation ("Create Backup on Schedule": shell_command.delete_backups
+/// then backup.create), as a user coming from the recipe has it: `hapull check` must name it and say
+/// to disable it, on both API generations.
+#[test]
+#[ignore = "needs a real Home Assistant: see the file's header"]
+fn check_names_the_recipes_automation() {
+    let (url, token_file) = instance();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hapull.toml");
+    std::fs::write(
+        &config,
+        format!("[home_assistant]\nurl = {url:?}\ntoken_file = {token_file:?}\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hapull"))
+        .arg("-c")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("automations"))
+        .unwrap_or_else(|| panic!("no automations line:\n{stdout}"));
+    assert!(line.starts_with("[warn]"), "{line}");
+    for part in [
+        "\"Create Backup on Schedule\"",
+        "automation.create_backup_on_schedule",
+        "shell_command.delete_backups",
+        "backup.create",
+        "disable it",
+    ] {
+        assert!(line.contains(part), "{part} missing: {line}");
+    }
+    // A warning, not a failure: everything else about this instance is ready.
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+}

@@ -134,7 +134,7 @@ async fn run_completes_two_cycles_and_stops_cleanly_on_sigterm() {
     // run_on_start gives the first cycle at once, the minute boundary the second (within 60 s).
     let store_dir = s.dir.path().join("archives");
     let two = wait_until(Duration::from_secs(90), || {
-        Store::open(&store_dir)
+        Store::open_read_only(&store_dir)
             .map(|st| st.list().map(|l| l.len()).unwrap_or(0))
             .unwrap_or(0)
             >= 2

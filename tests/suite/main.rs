@@ -14,6 +14,7 @@ mod cycle;
 mod daemon;
 mod daemon_process;
 mod demo;
+mod first_hour;
 mod ha_client;
 mod hostile;
 mod hostkeys;

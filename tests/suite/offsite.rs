@@ -700,6 +700,7 @@ mod cycle_rig {
             settings: Settings {
                 mode: BackupMode::Api,
                 shell_command: "delete_backups".into(),
+                agent_id: None,
                 name_template: "hapull {date}".into(),
                 include_database: true,
                 password: None,
@@ -712,7 +713,6 @@ mod cycle_rig {
                 retention: RetentionPolicy::default(),
                 timezone: TimeZone::UTC,
                 pull,
-                agent_id: None,
             },
             offsite: vec![Target::new(target("box", "served:ha", Some(&conf)))],
         };

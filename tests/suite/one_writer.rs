@@ -290,7 +290,11 @@ async fn under_umask_022_everything_written_is_0600_in_0700_folders() {
         .spawn()
         .unwrap();
     let state = s.data().join("state/state.json");
-    let written = wait_until(Duration::from_secs(30), || state.exists()).await;
+    // `hapull once` above wrote the file already; the daemon's own write records its start.
+    let written = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&state).is_ok_and(|t| t.contains("started_at"))
+    })
+    .await;
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(daemon.id().to_string())

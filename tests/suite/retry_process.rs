@@ -44,7 +44,7 @@ fn metric(text: &str, line_start: &str) -> Option<f64> {
 }
 
 fn archives(store: &Path) -> usize {
-    Store::open(store)
+    Store::open_read_only(store)
         .and_then(|s| s.list())
         .map(|l| l.len())
         .unwrap_or(0)
