@@ -341,6 +341,12 @@ pub async fn run(
             .await;
     }
     let Some(client) = connect_with_retry(&cfg, &mut shutdown).await? else {
+        // Stopped before Home Assistant answered: the stop is still part of the record.
+        if let Some(a) = &audit {
+            let _ = a
+                .step(Kind::ServiceStopped, json!({"before": "connected"}))
+                .await;
+        }
         close_audit(&audit).await;
         return Ok(());
     };
