@@ -414,6 +414,20 @@ async fn once_health_and_healthz_agree() {
         .spawn()
         .unwrap();
     wait_for_port(port, &mut daemon);
+    // The daemon has connected to Home Assistant (its record reaches the log within a second).
+    let audit_path = lab.tmp.path().join("data/audit.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fs::read_to_string(&audit_path)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("\"ha.connection\"") && l.contains("\"connected\""))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not connect to Home Assistant within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (code, body) = get(port, "/healthz");
     let term = Command::new("kill")
         .arg("-TERM")
