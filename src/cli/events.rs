@@ -60,9 +60,12 @@ pub async fn run(global: &Global, args: EventsArgs) -> anyhow::Result<ExitCode> 
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    // One signal listener for the whole loop: one made anew each turn would miss a signal that
+    // arrives between two turns.
+    let mut stop = std::pin::pin!(super::interrupted());
     loop {
         tokio::select! {
-            _ = super::interrupted() => break,
+            _ = &mut stop => break,
             line = rx.recv() => match line {
                 None => {
                     warn!("all subscriptions ended");
