@@ -87,7 +87,8 @@ pub enum Command {
     /// List the archives in the local store (or, with --remote, Home Assistant's backups).
     List(store_cmds::ListArgs),
     /// Check local archives in one read each: SHA-256 against the manifest, structure, and every
-    /// inner archive decrypted (protected backups) and decompressed to its end.
+    /// inner archive decrypted (protected backups) and decompressed to its end. With --deep, also
+    /// unpack it and check the recorder database (SQLite) and the .storage files (JSON).
     Verify(store_cmds::VerifyArgs),
     /// Unpack a Home Assistant backup (protected or not) into a folder, without Home Assistant.
     Extract(extract::ExtractArgs),

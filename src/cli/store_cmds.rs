@@ -1,4 +1,4 @@
-//! `hapull list`, `hapull verify`, `hapull prune`: the local store (and `list --remote`: HA's list).
+//! `hapull list`, `hapull verify` (and `verify --deep`), `hapull prune`: the local store (and `list --remote`: HA's list).
 
 use std::process::ExitCode;
 
@@ -34,6 +34,11 @@ pub struct VerifyArgs {
     /// verify protected backups.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<std::path::PathBuf>,
+    /// Also prove a restore would work: unpack into a private temporary folder in the store, run
+    /// SQLite's integrity check on the recorder database and parse every .storage file as JSON,
+    /// then remove the folder.
+    #[arg(long)]
+    pub deep: bool,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +140,9 @@ pub async fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<ExitCod
         Some(path) => Some(super::read_password_file(path)?),
         None => cfg.backup.password.clone(),
     };
+    if args.deep {
+        return verify_deep(store, args.backup_id, password).await;
+    }
     let failed = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
         // One set of keys for the run: archives of one backup series share nothing, but the cache
         // costs nothing and the password is held once.
@@ -173,6 +181,66 @@ pub async fn verify(global: &Global, args: VerifyArgs) -> anyhow::Result<ExitCod
         Ok(failed)
     })
     .await??;
+    Ok(ExitCode::from(if failed == 0 {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }))
+}
+
+/// `verify --deep`: per archive, one line per check; exit 0 only when every check passed.
+async fn verify_deep(
+    store: crate::store::Store,
+    backup_id: Option<String>,
+    password: Option<crate::secret::Secret>,
+) -> anyhow::Result<ExitCode> {
+    use crate::store::deep::{Cancel, deep_verify};
+    let cancel = std::sync::Arc::new(Cancel::default());
+    let worker_cancel = cancel.clone();
+    let mut work = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let mut keys = password.map(crate::store::Keys::new);
+        let archives = match &backup_id {
+            Some(id) => vec![
+                store
+                    .find(id)?
+                    .with_context(|| format!("no archive of backup {id} in the store"))?,
+            ],
+            None => store.list()?,
+        };
+        let mut failed = 0;
+        for a in &archives {
+            if worker_cancel.is_cancelled() {
+                break;
+            }
+            let report = deep_verify(&store, a, keys.as_mut(), &worker_cancel)?;
+            let verdict = if report.passed() { "ok" } else { "FAILED" };
+            println!("{verdict}  {}", report.relative_path);
+            for c in &report.checks {
+                println!(
+                    "  {:<9} {:<13} {}",
+                    c.name,
+                    c.outcome.label(),
+                    c.outcome.detail()
+                );
+            }
+            if !report.passed() {
+                failed += 1;
+            }
+        }
+        Ok(failed)
+    });
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // An interruption stops the check and waits for its temporary folder to be removed: the
+    // folder holds the unpacked backup.
+    let (failed, interrupted) = tokio::select! {
+        done = &mut work => (done??, false),
+        _ = tokio::signal::ctrl_c() => { cancel.cancel(); (work.await??, true) }
+        _ = sigterm.recv() => { cancel.cancel(); (work.await??, true) }
+    };
+    if interrupted {
+        eprintln!("hapull: verify --deep interrupted; its temporary folder was removed");
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
     Ok(ExitCode::from(if failed == 0 {
         EXIT_OK
     } else {

@@ -29,6 +29,7 @@
 
 mod archive;
 mod commit;
+pub mod deep;
 pub mod extract;
 mod ledger;
 mod listing;
