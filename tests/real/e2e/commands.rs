@@ -364,3 +364,59 @@ fn s11_run_sigint_twice_cuts_the_pull_then_the_next_run_saves_both() {
     );
     case.finish();
 }
+
+#[test]
+#[ignore = "needs real Home Assistant and the lab sshd: scripts/e2e-real"]
+fn s13_ha_restarting_at_a_scheduled_run_is_retried() {
+    e2e!();
+    let mut case = Case::new(
+        "13 `hapull run` hourly: HA down when the scheduled run comes due, then back",
+        "the scheduled cycle fails for a transient reason and is retried (cycle.retry); once HA is back the retry commits within minutes, not at the next hourly run",
+    );
+    let state = case.dir.path().join("state.json");
+    // An hourly schedule whose run comes due two minutes from now.
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let minute = (now.minute() + 2) % 60;
+    case.configure(&Tweaks {
+        tail: format!(
+            "\n[schedule]\ncron = \"{minute} * * * *\"\ntimezone = \"UTC\"\nretry_min = \"5s\"\nretry_max = \"20s\"\n\
+             state_file = \"{}\"\n",
+            state.display()
+        ),
+        ..Tweaks::default()
+    });
+    let child = case.spawn(&["run"], "run");
+    let connected = case.wait_for("the daemon to connect", MIN, || {
+        case.audit_records("ha.connection")
+            .iter()
+            .any(|r| r["data"]["state"] == "connected")
+    });
+    case.check(connected, "the daemon connected to Home Assistant");
+    case.ha.stop();
+    let retried = case.wait_for("the scheduled run to fail and be retried", 4 * MIN, || {
+        !case.audit_records("cycle.retry").is_empty()
+    });
+    case.check(
+        retried,
+        "the scheduled run failed while HA was down and a retry was scheduled",
+    );
+    case.ha.start();
+    let back = std::time::Instant::now();
+    let committed = case.wait_for("a retry to commit", 5 * MIN, || {
+        !case.audit_records("cycle.finished").is_empty()
+    });
+    case.observe(format!(
+        "retries recorded: {}; committed {:.0} s after HA was back",
+        case.audit_records("cycle.retry").len(),
+        back.elapsed().as_secs_f64()
+    ));
+    case.check(
+        committed,
+        "a retry committed within minutes of Home Assistant being back",
+    );
+    signal(child.id(), "TERM");
+    let run = case.collect(child, "run");
+    case.observe(format!("hapull run: {}", run.verdict()));
+    case.check(run.code == Some(0), "the daemon stopped cleanly on SIGTERM");
+    case.finish();
+}
