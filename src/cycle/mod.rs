@@ -30,6 +30,7 @@ mod connect;
 mod create;
 mod locate;
 mod offsite;
+mod pending;
 mod save;
 mod service_mode;
 mod waiting;
@@ -265,6 +266,8 @@ struct Made {
     requested_name: Option<String>,
     /// HA's view of it (modern: details; legacy: the generate result or list entry).
     backup: Option<Backup>,
+    /// The key of the ledger's pending entry for this request, until the backup id is recorded.
+    pending: Option<String>,
 }
 
 impl Made {
@@ -276,6 +279,7 @@ impl Made {
             agent: agent.map(str::to_string),
             requested_name: None,
             backup: Some(backup),
+            pending: None,
         }
     }
 }
@@ -312,6 +316,12 @@ impl Context {
     /// The sequence. Service mode saves every archive its delete command would remove inside Create.
     async fn steps(&self, started: Instant) -> Result<Report, CycleError> {
         let (api, agent, mut sub) = self.connect().instrument(info_span!("connect")).await?;
+        if self.settings.mode == BackupMode::Api {
+            // Home Assistant is idle now: what earlier cycles asked for is finished or never will be.
+            self.resolve_pending()
+                .instrument(info_span!("pending"))
+                .await;
+        }
         let made = (self.create(api, agent, sub.as_mut()))
             .instrument(info_span!("create"))
             .await?;

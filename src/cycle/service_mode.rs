@@ -100,6 +100,7 @@ impl Context {
                     agent: None,
                     requested_name: None,
                     backup: None,
+                    pending: None,
                 };
                 self.save(&made, &path).await?;
             }

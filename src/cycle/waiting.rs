@@ -12,11 +12,12 @@ use serde_json::json;
 use tokio::time::timeout_at;
 use tracing::{info, warn};
 
+use super::pending::{candidates, how_found};
 use super::{At, Context, CycleError, Made, Step};
 use crate::audit::Kind;
 use crate::config::BackupMode;
-use crate::ha::{Backup, BackupApi, BackupEvent, BackupState, HaError, SubItem, Subscription};
-use crate::store::{Ledger, LedgerEntry, safe_component};
+use crate::ha::{BackupApi, BackupEvent, BackupState, HaError, SubItem, Subscription};
+use crate::store::{Ledger, safe_component};
 
 impl Context {
     pub(super) async fn await_completion(
@@ -118,10 +119,11 @@ impl Context {
                 break;
             }
         }
-        let made = if made.job_id.is_some() {
+        // Certain: Core's job id is the backup id, or the Supervisor job named it.
+        let (made, mut certain) = if made.job_id.is_some() {
             self.identify_supervisor_backup(made).await?
         } else {
-            made
+            (made, true)
         };
         let details = (self.client.backup_details(&made.backup_id).await).at(Step::Await)?;
         let made = match details {
@@ -129,8 +131,18 @@ impl Context {
                 backup: Some(b),
                 ..made
             },
-            None => self.find_by_name_after_job(&made).await?,
+            None => {
+                certain = false;
+                self.find_by_name_after_job(&made).await?.0
+            }
         };
+        if let (true, Some(instance)) =
+            (certain, made.backup.as_ref().and_then(|b| b.instance_id()))
+            && let Err(e) = Ledger::set_instance(self.store.root(), instance)
+        {
+            // Only the name rule's instance check misses it; a later cycle records it again.
+            warn!(error = %e, "cannot record Home Assistant's instance id in the store");
+        }
         self.record(
             Kind::BackupCompleted,
             json!({"backup_id": made.backup_id, "size": made.backup.as_ref().and_then(|b| b.size)}),
@@ -201,8 +213,9 @@ impl Context {
 
     /// On a Supervisor install: turns the job id into the backup id — the job's `reference`, else the
     /// newest backup with our name, made since we asked, by this instance. Records the id in the
-    /// ledger (so clean-up finds it) and in the audit log.
-    async fn identify_supervisor_backup(&self, made: Made) -> Result<Made, CycleError> {
+    /// ledger (so clean-up finds it) and in the audit log, and says whether the id is certain (the job
+    /// named it) rather than found by name.
+    async fn identify_supervisor_backup(&self, made: Made) -> Result<(Made, bool), CycleError> {
         let job = made.job_id.clone().unwrap_or_default();
         let mut how = "supervisor job reference";
         let mut found = None;
@@ -227,8 +240,9 @@ impl Context {
                 ..made
             },
             None => {
-                how = "name, date and instance";
-                self.find_by_name_after_job(&made).await?
+                let (made, found_how) = self.find_by_name_after_job(&made).await?;
+                how = found_how;
+                made
             }
         };
         let id = safe_component(&made.backup_id).map_err(|e| {
@@ -237,67 +251,50 @@ impl Context {
                 format!("the Supervisor gave an unusable backup id: {e}"),
             )
         })?;
-        Ledger::remember(self.store.root(), LedgerEntry::Made, &id).map_err(|e| {
-            CycleError::refused(
-                Step::Await,
-                format!("cannot record the new backup id in the store: {e}"),
-            )
-        })?;
+        self.settle(&made, Some(&id), Step::Await)?;
         info!(job_id = %job, backup_id = %id, how, "backup identified");
         self.record(
             Kind::BackupIdentified,
             json!({"job_id": job, "backup_id": id, "how": how}),
         )
         .await?;
-        Ok(Made {
+        let made = Made {
             job_id: None,
+            pending: None,
             ..made
-        })
+        };
+        Ok((made, how == "supervisor job reference"))
     }
 
     /// When the job id is not the backup id and the job cannot say which backup it made: the newest
     /// backup with the name hapull asked for, dated no earlier than the request, not already in the
     /// ledger, made by this instance (`extra_metadata.instance_id` as seen on hapull's earlier
-    /// backups).
-    async fn find_by_name_after_job(&self, made: &Made) -> Result<Made, CycleError> {
+    /// backups). Also says how it was found (see [`how_found`]).
+    async fn find_by_name_after_job(
+        &self,
+        made: &Made,
+    ) -> Result<(Made, &'static str), CycleError> {
         let info = self.client.backup_info().await.at(Step::Await)?;
         let ledger = Ledger::read(self.store.root())
             .map_err(|e| CycleError::refused(Step::Await, e.to_string()))?;
-        // Our instance: the one that made hapull's earlier backups, when HA says.
-        let instance = (info.backups.iter())
-            .filter(|b| ledger.made(&b.backup_id))
-            .find_map(|b| b.instance_id().map(str::to_string));
-        // The clocks of the HA host and this machine may differ a little.
-        let since = made
-            .requested_at
-            .map(|t| t - jiff::SignedDuration::from_secs(300));
-        let mut candidates: Vec<Backup> = (info.backups.into_iter())
-            .filter(|b| made.requested_name.as_deref() == Some(b.name.as_str()))
-            .filter(|b| !ledger.made(&b.backup_id))
-            .filter(|b| match (&since, b.date.parse::<jiff::Timestamp>()) {
-                (Some(since), Ok(date)) => date >= *since,
-                _ => true,
-            })
-            .filter(|b| match (&instance, b.instance_id()) {
-                (Some(mine), Some(theirs)) => mine == theirs,
-                _ => true,
-            })
-            .collect();
-        candidates.sort_by(|a, b| a.date.cmp(&b.date));
-        let b = candidates.pop().ok_or_else(|| {
-            CycleError::refused(
-                Step::Await,
-                format!(
-                    "backup job {} completed but no new backup named {:?} is listed; nothing was deleted",
-                    made.job_id.as_deref().unwrap_or(&made.backup_id),
-                    made.requested_name.as_deref().unwrap_or("")
-                ),
-            )
-        })?;
-        Ok(Made {
+        let name = made.requested_name.as_deref().unwrap_or("");
+        let (mut found, checked) = candidates(info.backups, &ledger, name, made.requested_at, None);
+        let b = found.pop().ok_or_else(|| {
+                CycleError::refused(
+                    Step::Await,
+                    format!(
+                        "backup job {} completed but no new backup named {:?} is listed; nothing was deleted",
+                        made.job_id.as_deref().unwrap_or(&made.backup_id),
+                        name
+                    ),
+                )
+            })?;
+        let how = how_found(checked, &b);
+        let made = Made {
             backup_id: b.backup_id.clone(),
             backup: Some(b),
             ..made.clone()
-        })
+        };
+        Ok((made, how))
     }
 }

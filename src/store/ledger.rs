@@ -2,6 +2,11 @@
 //! which were refused as damaged. It lives in the store's root (`.hapull-made.json`) so clean-up in
 //! Home Assistant only ever touches hapull's own backups, and the catch-up knows what is still missing.
 //!
+//! It also holds the requests still *pending*: a backup asked for whose id is not known yet (a
+//! Supervisor job not yet identified, or a cycle stopped between sending `backup/generate` and
+//! recording the answer). They are written before the request is sent, so a backup hapull asked for is
+//! never forgotten, whatever moment the process dies at; a later cycle turns each into a backup id.
+//!
 //! It must not decide anything: it records ids; the cycle decides what they mean.
 
 use std::path::Path;
@@ -25,6 +30,30 @@ pub struct Ledger {
     /// pulled again by the catch-up, and never deleted by hapull.
     #[serde(default)]
     pub rejected: Vec<String>,
+    /// Requests whose backup id is not known yet, oldest first. Absent in ledgers written before this
+    /// list existed (and omitted when empty), so older versions still read the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<Pending>,
+    /// The Home Assistant instance (`extra_metadata.instance_id`) of the last backup hapull identified
+    /// for certain: only backups of this instance can be hapull's when one is found by its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+}
+
+/// A backup hapull asked for and has not identified yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// When hapull asked (RFC 3339, UTC); also the entry's key.
+    pub requested_at: String,
+    /// The name hapull asked for; `None` where Home Assistant chooses it (legacy API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The agent asked to keep the local copy (`None`: legacy API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The Supervisor job id, once `backup/generate` answered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
 }
 
 /// Which list of the ledger an id goes to.
@@ -90,6 +119,67 @@ impl Ledger {
         ledger.write(root)
     }
 
+    /// Records the instance hapull's backups come from (written only when it changed).
+    pub fn set_instance(root: &Path, instance_id: &str) -> std::io::Result<()> {
+        let mut ledger = Ledger::read(root)?;
+        if ledger.instance_id.as_deref() == Some(instance_id) {
+            return Ok(());
+        }
+        ledger.instance_id = Some(instance_id.to_string());
+        ledger.write(root)
+    }
+
+    /// Adds a pending request, durably, before it is sent.
+    pub fn add_pending(root: &Path, pending: Pending) -> std::io::Result<()> {
+        let mut ledger = Ledger::read(root)?;
+        ledger
+            .pending
+            .retain(|p| p.requested_at != pending.requested_at);
+        ledger.pending.push(pending);
+        if ledger.pending.len() > MAX_IDS {
+            ledger.pending.drain(..ledger.pending.len() - MAX_IDS);
+        }
+        ledger.write(root)
+    }
+
+    /// Notes the Supervisor job id of the pending request made at `requested_at`.
+    pub fn set_pending_job(root: &Path, requested_at: &str, job_id: &str) -> std::io::Result<()> {
+        let mut ledger = Ledger::read(root)?;
+        for p in ledger
+            .pending
+            .iter_mut()
+            .filter(|p| p.requested_at == requested_at)
+        {
+            p.job_id = Some(job_id.to_string());
+        }
+        ledger.write(root)
+    }
+
+    /// Settles the pending request made at `requested_at`, in one durable write: with `Some(id)` the
+    /// backup id joins the made list as the entry leaves; with `None` the entry is dropped (nothing was
+    /// made, or hapull gave up on it).
+    pub fn settle_pending(
+        root: &Path,
+        requested_at: &str,
+        backup_id: Option<&str>,
+    ) -> std::io::Result<()> {
+        let mut ledger = Ledger::read(root)?;
+        let before = ledger.pending.len();
+        ledger.pending.retain(|p| p.requested_at != requested_at);
+        let unchanged = ledger.pending.len() == before;
+        match backup_id {
+            Some(id) if !ledger.made(id) => {
+                ledger.ids.push(id.to_string());
+                if ledger.ids.len() > MAX_IDS {
+                    ledger.ids.drain(..ledger.ids.len() - MAX_IDS);
+                }
+            }
+            _ if unchanged => return Ok(()),
+            _ => {}
+        }
+        ledger.write(root)
+    }
+
     fn write(&self, root: &Path) -> std::io::Result<()> {
         let body = serde_json::to_vec_pretty(self)?;
         crate::private_fs::create_dir_all(root)?;
@@ -116,6 +206,66 @@ mod tests {
             std::fs::read(dir.path().join(LEDGER_FILE)).unwrap(),
             b"{\"ids\": [\"a\""
         );
+    }
+
+    #[test]
+    fn a_pending_request_becomes_a_made_id_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Pending {
+            requested_at: "2026-12-01T17:40:00Z".into(),
+            name: Some("hapull 2026-12-01 17.40".into()),
+            agent: Some("hassio.local".into()),
+            job_id: None,
+        };
+        Ledger::add_pending(dir.path(), p.clone()).unwrap();
+        Ledger::set_pending_job(dir.path(), &p.requested_at, "0123abcd").unwrap();
+        let l = Ledger::read(dir.path()).unwrap();
+        assert_eq!(l.pending.len(), 1);
+        assert_eq!(l.pending[0].job_id.as_deref(), Some("0123abcd"));
+        assert!(l.ids.is_empty());
+        Ledger::settle_pending(dir.path(), &p.requested_at, Some("5ec0a002")).unwrap();
+        let l = Ledger::read(dir.path()).unwrap();
+        assert!(l.pending.is_empty() && l.made("5ec0a002"));
+        // Given up: dropped, nothing recorded as made.
+        Ledger::add_pending(dir.path(), p.clone()).unwrap();
+        Ledger::settle_pending(dir.path(), &p.requested_at, None).unwrap();
+        let l = Ledger::read(dir.path()).unwrap();
+        assert!(l.pending.is_empty() && l.ids == vec!["5ec0a002"]);
+    }
+
+    #[test]
+    fn ledgers_with_and_without_pending_entries_read_both_ways() {
+        // A ledger written before pending entries existed reads as having none.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(LEDGER_FILE),
+            br#"{"ids":["a"],"committed":["a"]}"#,
+        )
+        .unwrap();
+        let l = Ledger::read(dir.path()).unwrap();
+        assert!(l.pending.is_empty() && l.made("a"));
+        // And one with pending entries keeps the fields an older version knows.
+        #[derive(Deserialize)]
+        struct Old {
+            ids: Vec<String>,
+        }
+        Ledger::add_pending(
+            dir.path(),
+            Pending {
+                requested_at: "2026-12-01T17:40:00Z".into(),
+                name: None,
+                agent: None,
+                job_id: None,
+            },
+        )
+        .unwrap();
+        let text = std::fs::read(dir.path().join(LEDGER_FILE)).unwrap();
+        let old: Old = serde_json::from_slice(&text).unwrap();
+        assert_eq!(old.ids, vec!["a"]);
+        // No pending entries: the list is not written at all.
+        Ledger::settle_pending(dir.path(), "2026-12-01T17:40:00Z", None).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(LEDGER_FILE)).unwrap();
+        assert!(!text.contains("pending"), "{text}");
     }
 
     #[test]

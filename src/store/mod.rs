@@ -60,7 +60,7 @@ pub use archive::{
     parse_backup_json, parse_backup_json_from_tar_prefix, verify_file, verify_file_with,
     verify_reader, verify_reader_with,
 };
-pub use ledger::{Entry as LedgerEntry, LEDGER_FILE, Ledger};
+pub use ledger::{Entry as LedgerEntry, LEDGER_FILE, Ledger, Pending};
 pub use names::{MAX_COMPONENT_BYTES, NameError, safe_component, sanitize_for_filename};
 pub use retention::{Decision, RetentionPolicy, plan};
 pub use securetar::{Keys, SecureTarError};

@@ -330,11 +330,17 @@ async fn a_backup_id_that_could_escape_is_refused_before_anything_is_written() {
             "the error quotes a 10 KB name in full: {} bytes",
             msg.len()
         );
-        assert_eq!(
-            tree(root.path()),
-            before,
-            "files written for {:?}",
-            clip(&id)
+        // Only hapull's ledger, which records each request before it is sent, is new; the refused
+        // id is not in it and the request is not left pending.
+        let mut after = tree(root.path());
+        let ledger_file = Path::new("store").join(hapull::store::LEDGER_FILE);
+        assert!(after.remove(&ledger_file), "the request was recorded first");
+        assert_eq!(after, before, "files written for {:?}", clip(&id));
+        let ledger = hapull::store::Ledger::read(&store).unwrap();
+        assert!(
+            ledger.ids.is_empty() && ledger.pending.is_empty(),
+            "{:?}",
+            clip(&format!("{ledger:?}"))
         );
         assert!(
             !ha.commands()

@@ -18,15 +18,15 @@ use hapull::store::{RetentionPolicy, Store};
 use hapull::transfer::{HostKeyPolicy, HttpTarget, PullOptions, SshTarget};
 use hapull_sim::{Sim, SimOptions, SimVersion};
 
-struct Rig {
-    sim: Sim,
-    sshd: Option<Sshd>,
+pub(crate) struct Rig {
+    pub(crate) sim: Sim,
+    pub(crate) sshd: Option<Sshd>,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
-    store_dir: std::path::PathBuf,
-    audit_path: std::path::PathBuf,
+    pub(crate) store_dir: std::path::PathBuf,
+    pub(crate) audit_path: std::path::PathBuf,
 }
 
-async fn rig(version: SimVersion, sftp: bool, payload_bytes: u64) -> Rig {
+pub(crate) async fn rig(version: SimVersion, sftp: bool, payload_bytes: u64) -> Rig {
     let ha_dir = tempfile::tempdir().unwrap();
     let store_dir = tempfile::tempdir().unwrap();
     let mut opts = SimOptions::new(ha_dir.path());
@@ -43,7 +43,7 @@ async fn rig(version: SimVersion, sftp: bool, payload_bytes: u64) -> Rig {
     }
 }
 
-async fn context(rig: &Rig, keep_on_ha: u32) -> Context {
+pub(crate) async fn context(rig: &Rig, keep_on_ha: u32) -> Context {
     let mut o = ClientOptions::new(
         Endpoint::parse(&rig.sim.url()).unwrap(),
         Secret::new("sim-token"),
@@ -115,7 +115,7 @@ async fn context(rig: &Rig, keep_on_ha: u32) -> Context {
     }
 }
 
-fn ha_ids(sim: &Sim) -> Vec<String> {
+pub(crate) fn ha_ids(sim: &Sim) -> Vec<String> {
     sim.backups()
         .iter()
         .map(|b| {

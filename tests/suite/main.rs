@@ -19,6 +19,7 @@ mod first_hour;
 mod ha_client;
 mod hostile;
 mod hostkeys;
+mod identify;
 mod init;
 mod installs;
 mod log_secrets;

@@ -553,6 +553,24 @@ impl Conn {
                 .map(str::to_string),
             early_reply: None,
         };
+        if std::mem::take(&mut self.shared.lock().faults.refuse_generate) {
+            // Another backup started between the client's idle check and its request.
+            self.error(
+                json!(id),
+                "home_assistant_error",
+                "Backup manager busy: create_backup",
+            );
+            return;
+        }
+        if std::mem::take(&mut self.shared.lock().faults.drop_on_generate) {
+            // The backup starts, but the connection goes before the answer is sent.
+            let _ = self.shared.start_backup_with_id(
+                req,
+                super::state::random_hex(if self.shared.supervisor() { 32 } else { 8 }),
+            );
+            let _ = self.tx.send(ConnMsg::Drop);
+            return;
+        }
         self.start_and_reply_early(id, req);
     }
 
@@ -583,10 +601,32 @@ impl Conn {
         let job = endpoint
             .strip_prefix("/jobs/")
             .filter(|_| method.eq_ignore_ascii_case("get"));
-        let known = job.and_then(|j| self.shared.lock().jobs.get(j).cloned());
+        let (known, answer) = {
+            let inner = self.shared.lock();
+            (
+                job.and_then(|j| inner.jobs.get(j).cloned()),
+                inner.faults.job_answer,
+            )
+        };
+        let known = match answer {
+            super::JobAnswer::Unreachable => {
+                return self.error(
+                    json!(id),
+                    "home_assistant_error",
+                    "Error on Supervisor API: Cannot connect to host 172.30.32.2:80",
+                );
+            }
+            // As after a Supervisor restart: it keeps no jobs.
+            super::JobAnswer::UnknownJob => None,
+            super::JobAnswer::Reference | super::JobAnswer::NoReference => known,
+        };
         match (job, known) {
-            (Some(job), Some(reference)) => {
-                let done = reference.is_some();
+            (Some(job), Some(made)) => {
+                let done = made.is_some();
+                let reference = match answer {
+                    super::JobAnswer::NoReference => None,
+                    _ => made,
+                };
                 self.result(
                     id,
                     json!({
@@ -634,6 +674,11 @@ impl Conn {
                 return;
             }
         };
+        if std::mem::take(&mut self.shared.lock().faults.drop_on_generate) {
+            // The backup goes on; the connection waiting for it does not.
+            let _ = self.tx.send(ConnMsg::Drop);
+            return;
+        }
         let shared = self.shared.clone();
         let tx = self.tx.clone();
         let conn = self.id;

@@ -123,6 +123,20 @@ pub enum Corruption {
     FlipByte,
 }
 
+/// How the Supervisor answers `supervisor/api` `GET /jobs/<id>` (Supervisor personality).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JobAnswer {
+    /// As it should: the job, with `reference` = the backup id once done.
+    #[default]
+    Reference,
+    /// The job, done, but naming no backup (`reference: null`).
+    NoReference,
+    /// "No job found" for every job, as after a Supervisor restart.
+    UnknownJob,
+    /// An error: the Supervisor cannot be reached.
+    Unreachable,
+}
+
 /// Bad frames the server can push to every authenticated client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Garbage {
@@ -328,9 +342,48 @@ impl SimControl {
         self.shared.lock().faults.fail_next = Some(reason.to_string());
     }
 
-    /// The next backup never finishes: it stays in the `home_assistant` stage with its file written.
+    /// The next backup never finishes: it stays in the `home_assistant` stage with its file written,
+    /// until [`SimControl::release_hung_backup`].
     pub fn hang_next_backup(&self) {
         self.shared.lock().faults.hang_next = true;
+    }
+
+    /// Lets a hung backup go on and complete, as if HA had only been slow.
+    pub fn release_hung_backup(&self) {
+        self.shared.release_hang.notify_one();
+    }
+
+    /// How `supervisor/api` `GET /jobs/<id>` answers from now on.
+    pub fn set_job_answer(&self, answer: JobAnswer) {
+        self.shared.lock().faults.job_answer = answer;
+    }
+
+    /// The next `backup/generate` starts the backup, then the connection drops before the answer (the
+    /// client never learns the backup's id).
+    pub fn drop_connection_on_next_generate(&self) {
+        self.shared.lock().faults.drop_on_generate = true;
+    }
+
+    /// The next `backup/generate` is refused with "Backup manager busy: create_backup", as when another
+    /// backup started between the client's check and its request.
+    pub fn refuse_next_generate(&self) {
+        self.shared.lock().faults.refuse_generate = true;
+    }
+
+    /// The next backup completes (events, job reference) but never appears in `backup/info`.
+    pub fn unlist_next_backup(&self) {
+        self.shared.lock().faults.unlist_next = true;
+    }
+
+    /// Adds a backup with this name and date, as the Supervisor stores it (`<slug>.tar`), made by this
+    /// instance or, with `instance_id`, by another one (`extra_metadata.instance_id`). Returns its id.
+    pub fn add_backup(
+        &self,
+        name: &str,
+        date: jiff::Timestamp,
+        instance_id: Option<&str>,
+    ) -> std::io::Result<String> {
+        self.shared.add_backup(name, date, instance_id)
     }
 
     /// The next archive is damaged right before `completed` is reported.

@@ -66,6 +66,14 @@ pub(crate) struct Faults {
     pub answer_delay: Duration,
     /// Body bytes after which the next HTTP download is cut.
     pub cut_download: Option<u64>,
+    /// How `supervisor/api` `GET /jobs/<id>` answers (Supervisor personality).
+    pub job_answer: super::JobAnswer,
+    /// The next backup completes but is not listed.
+    pub unlist_next: bool,
+    /// The next `backup/generate` starts the backup and drops the connection instead of answering.
+    pub drop_on_generate: bool,
+    /// The next `backup/generate` is refused as HA refuses it while busy.
+    pub refuse_generate: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -97,6 +105,9 @@ pub(crate) struct BackupRecord {
     pub database_included: bool,
     /// When Core asked the Supervisor for it (Supervisor personality): the file name's date.
     pub request_date: Option<String>,
+    /// The HA instance that made it, when not this one (a backup from another instance on a shared
+    /// network storage, or uploaded).
+    pub instance_id: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -130,6 +141,8 @@ pub(crate) struct Shared {
     pub instance_id: String,
     /// Wakes held-back commands when the answer delay changes.
     pub delay_changed: tokio::sync::Notify,
+    /// Lets a hung backup finish.
+    pub release_hang: tokio::sync::Notify,
     inner: Mutex<Inner>,
 }
 
@@ -194,6 +207,7 @@ impl Shared {
             user_id: random_hex(32),
             instance_id: random_hex(32),
             delay_changed: tokio::sync::Notify::new(),
+            release_hang: tokio::sync::Notify::new(),
             inner: Mutex::new(inner),
         });
         shared.rescan();
@@ -329,6 +343,11 @@ impl Shared {
                     request_date: doc
                         .pointer("/extra/supervisor.backup_request_date")
                         .and_then(Value::as_str)
+                        .map(str::to_string),
+                    instance_id: doc
+                        .pointer("/extra/instance_id")
+                        .and_then(Value::as_str)
+                        .filter(|i| *i != self.instance_id)
                         .map(str::to_string),
                 });
             }
@@ -562,7 +581,8 @@ impl Shared {
             let mb = (b.size as f64 / 1_048_576.0 * 100.0).round() / 100.0;
             return json!({"slug": b.id, "name": b.name, "date": b.date, "path": b.path.to_string_lossy(), "size": mb});
         }
-        let mut extra = json!({"instance_id": self.instance_id, "with_automatic_settings": false});
+        let instance = b.instance_id.as_deref().unwrap_or(&self.instance_id);
+        let mut extra = json!({"instance_id": instance, "with_automatic_settings": false});
         if let Some(d) = &b.request_date {
             extra["supervisor.backup_request_date"] = json!(d);
         }
@@ -613,8 +633,18 @@ impl Shared {
 
     /// A backup made outside Core (an add-on update, the Supervisor CLI): `<slug>.tar`, listed at once.
     pub fn add_foreign_backup(&self, name: &str) -> std::io::Result<String> {
+        self.add_backup(name, Timestamp::now(), None)
+    }
+
+    /// A backup with this name and date, made by this instance or by `instance_id`; `<slug>.tar`,
+    /// listed at once.
+    pub fn add_backup(
+        &self,
+        name: &str,
+        date: Timestamp,
+        instance_id: Option<&str>,
+    ) -> std::io::Result<String> {
         let slug = random_hex(8);
-        let date = Timestamp::now();
         let built = archive::build(&ArchiveSpec {
             slug: &slug,
             name,
@@ -623,7 +653,7 @@ impl Shared {
             legacy: self.legacy(),
             include_database: true,
             password: None,
-            instance_id: &self.instance_id,
+            instance_id: instance_id.unwrap_or(&self.instance_id),
             payload_bytes: 0,
             supervisor: self.supervisor(),
             request_date: None,
@@ -640,6 +670,7 @@ impl Shared {
             protected: false,
             database_included: true,
             request_date: None,
+            instance_id: instance_id.map(str::to_string),
         };
         let mut inner = self.lock();
         inner.backups.push(record);
@@ -721,7 +752,7 @@ impl Job {
             return self.failed(reason);
         }
         if self.hang {
-            std::future::pending::<()>().await;
+            shared.release_hang.notified().await;
         }
         let size = bytes.len() as u64;
         drop(bytes);
@@ -739,6 +770,7 @@ impl Job {
             protected: self.req.password.is_some(),
             database_included: self.req.include_database,
             request_date: supervisor.then(|| archive::iso_micros(self.date)),
+            instance_id: None,
         };
         let mut inner = shared.lock();
         let mut items = Vec::new();
@@ -778,7 +810,9 @@ impl Job {
             false,
         );
         Shared::emit_locked(&mut inner, items);
-        inner.backups.push(record.clone());
+        if !std::mem::take(&mut inner.faults.unlist_next) {
+            inner.backups.push(record.clone());
+        }
         if let Some(job) = &self.job_id {
             inner.jobs.insert(job.clone(), Some(self.id.clone()));
         }
