@@ -70,7 +70,9 @@ pub enum Kind {
     CycleRetry,
     /// Home Assistant accepted the request for a backup.
     BackupCreated,
-    /// A Supervisor job was turned into the backup id it made (`data.job_id`, `data.backup_id`).
+    /// A backup's id became known: a Supervisor job turned into the backup id it made, or a request of
+    /// an interrupted earlier cycle (`data.interrupted`) identified (`data.job_id`, `data.backup_id`,
+    /// `data.how`).
     BackupIdentified,
     /// Home Assistant said the backup is finished.
     BackupCompleted,

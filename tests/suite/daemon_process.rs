@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::KillOnDrop;
 use crate::support::sshd::Sshd;
 use hapull::store::Store;
 use hapull_sim::{Sim, SimOptions};
@@ -75,12 +76,14 @@ fn hapull(config: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn spawn_run(config: &Path, log: &Path) -> Child {
-    hapull(config, &["run"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+fn spawn_run(config: &Path, log: &Path) -> KillOnDrop {
+    KillOnDrop(
+        hapull(config, &["run"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn sigterm(child: &Child) {

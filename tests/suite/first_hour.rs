@@ -407,12 +407,14 @@ async fn once_health_and_healthz_agree() {
         .collect();
     assert_eq!(dates.len(), 2, "{listed}");
     assert!(dates[0] >= dates[1], "newest first: {dates:?}");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_hapull"))
-        .args(["-c", &cfg, "run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = crate::support::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_hapull"))
+            .args(["-c", &cfg, "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_for_port(port, &mut daemon);
     // The daemon has connected to Home Assistant (its record reaches the log within a second).
     let audit_path = lab.tmp.path().join("data/audit.jsonl");

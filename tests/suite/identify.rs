@@ -5,7 +5,7 @@
 //! OpenSSH sshd or Home Assistant's HTTP download; the process test kills the real binary.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hapull::cycle::Step;
@@ -15,6 +15,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
 use crate::installs::{Rig, context, ha_ids, rig};
+use crate::support::KillOnDrop;
 
 /// One fixed name for every backup: the hardest case for telling them apart by name.
 const NAME: &str = "hapull nightly";
@@ -385,16 +386,6 @@ async fn a_refused_request_leaves_nothing_pending() {
     assert!(ha_ids(&rig.sim).is_empty());
 }
 
-/// Kills child processes when dropped, so a failed assertion leaves none running.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The real binary, killed (SIGKILL) while it waits for a Supervisor backup: the next `hapull once`
 /// identifies that backup by the job's reference, pulls it and cleans it up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,7 +445,7 @@ path = "{audit}"
     };
     let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
     let succeeded = |mut child: KillOnDrop, name: &str| {
-        let status = child.0.wait().unwrap();
+        let status = child.wait().unwrap();
         assert!(status.success(), "{}", log(name));
     };
 
@@ -479,8 +470,8 @@ path = "{audit}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
     drop(child);
     let l = ledger(&rig.store_dir);
     assert_eq!(l.ids, first, "no backup id is known yet");

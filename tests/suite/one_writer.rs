@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::KillOnDrop;
 use crate::support::sshd::Sshd;
 use hapull::store::Store;
 use hapull::store::lock::StoreLock;
@@ -223,11 +224,13 @@ async fn once_and_prune_beside_a_running_daemon_are_refused_with_a_hint() {
         .unwrap()
         .replace("[store]\n", "[store]\nkeep_last = 1\n");
     std::fs::write(&s.config, cfg).unwrap();
-    let mut daemon = hapull(&s.config, &["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = KillOnDrop(
+        hapull(&s.config, &["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let store = s.store_dir();
     let held = wait_until(Duration::from_secs(30), || {
         StoreLock::holder(&store)
@@ -284,11 +287,13 @@ async fn under_umask_022_everything_written_is_0600_in_0700_folders() {
     let out = hapull(&s.config, &["once"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // The daemon writes the state file at start; stop it once it has.
-    let mut daemon = hapull(&s.config, &["run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = KillOnDrop(
+        hapull(&s.config, &["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let state = s.data().join("state/state.json");
     // `hapull once` above wrote the file already; the daemon's own write records its start.
     let written = wait_until(Duration::from_secs(30), || {

@@ -5,9 +5,10 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::KillOnDrop;
 use crate::support::sshd::Sshd;
 use hapull::store::Store;
 use hapull_sim::{Sim, SimOptions};
@@ -61,15 +62,6 @@ async fn wait_for(limit: Duration, log: &Path, what: &str, mut done: impl FnMut(
             std::fs::read_to_string(log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -130,7 +122,7 @@ listen = "127.0.0.1:{status_port}"
     )
     .unwrap();
     let log = dir.path().join("run.log");
-    let child = Killed(
+    let child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_hapull"))
             .arg("-c")
             .arg(&config)
