@@ -31,9 +31,10 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 /// the request may still be the one asked for.
 const CLOCK_SLACK: SignedDuration = SignedDuration::from_secs(300);
 
-/// A backup dated this long after an interrupted request is not the one it asked for (the backup's
-/// date is when it started, moments after the request).
-const LATEST_START: SignedDuration = SignedDuration::from_secs(3600);
+/// A backup dated this long after an interrupted request is not the one it asked for: its date is
+/// when it started, which is at once (HA refuses a request it cannot start), give or take the
+/// difference between the clocks.
+const LATEST_START: SignedDuration = SignedDuration::from_secs(600);
 
 /// The ledger key of a request made at `t`.
 pub(super) fn key(t: Timestamp) -> String {

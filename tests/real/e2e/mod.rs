@@ -921,3 +921,93 @@ fn s22_backup_written_during_a_service_mode_pull() {
     );
     case.finish();
 }
+
+#[test]
+#[ignore = "needs real Home Assistant and the lab sshd: scripts/e2e-real"]
+fn s23_sigkill_while_ha_makes_the_backup() {
+    e2e!();
+    let mut case = Case::new(
+        "23 SIGKILL while HA makes the backup, then `hapull once` again",
+        "the killed run's backup is hapull's for the next run (recorded, or its pending request resolved), committed and verified, and deleted from HA only after that; nothing left pending",
+    );
+    let _bulk = case.ha.bulk(64);
+    let before = lab::archive_files(&case.ha.backup_dir);
+    let ledger = |case: &Case| hapull::store::Ledger::read(&case.store).unwrap_or_default();
+    let mut child = case.spawn(&["once"], "killed");
+    // HA writes the archive in place while it makes the backup: a new file means it is under way.
+    let making = case.wait_for("HA to start writing the backup", 3 * MIN, || {
+        lab::archive_files(&case.ha.backup_dir)
+            .keys()
+            .any(|f| !before.contains_key(f))
+    });
+    case.check(making, "HA started the backup");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let at_kill = ledger(&case);
+    case.observe(format!(
+        "killed with {} pending request(s), {} recorded id(s)",
+        at_kill.pending.len(),
+        at_kill.ids.len()
+    ));
+    case.ha.wait_idle();
+    let run = case.hapull(&["once"]);
+    case.observe(format!("second run: {}", run.verdict()));
+    case.check(run.code == Some(0), "the second run commits");
+    let after = ledger(&case);
+    case.check(
+        after.pending.is_empty(),
+        format!("nothing left pending: {:?}", after.pending),
+    );
+    case.check(
+        after.ids.len() == 2,
+        format!(
+            "two backups recorded as hapull's (the killed run's and the new one): {:?}",
+            after.ids
+        ),
+    );
+    let committed = case.committed();
+    for id in &after.ids {
+        case.check(
+            committed.iter().any(|(c, ok)| c == id && *ok),
+            format!("backup {id} committed and verified"),
+        );
+    }
+    for r in case.audit_records("backup.identified") {
+        if r["data"]["interrupted"] == true {
+            case.observe(format!(
+                "identified {} by {}",
+                r["data"]["backup_id"], r["data"]["how"]
+            ));
+        }
+    }
+    // keep_on_ha = 1: the older (the killed run's) goes from HA, after its commit.
+    let records: Vec<Value> = std::fs::read_to_string(&case.audit)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    let pos = |kind: &str, id: &str| {
+        records
+            .iter()
+            .position(|r| r["kind"] == kind && r["data"]["backup_id"] == id)
+    };
+    let deleted: Vec<&String> = after
+        .ids
+        .iter()
+        .filter(|id| pos("ha.deleted", id).is_some())
+        .collect();
+    case.check(
+        deleted.len() == 1,
+        format!("one of the two deleted from HA (keep_on_ha = 1): {deleted:?}"),
+    );
+    for id in &deleted {
+        case.check(
+            matches!(
+                (pos("archive.committed", id), pos("ha.deleted", id)),
+                (Some(c), Some(d)) if c < d
+            ),
+            format!("{id} deleted from HA only after its commit"),
+        );
+    }
+    case.finish();
+}
