@@ -72,6 +72,8 @@ impl ByteObserver for Feed {
 
 /// Child mode: one verified pull and commit; prints the figures.
 fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    // As the hapull binary does.
+    hapull::tune_allocator();
     let [port, user, key, kh, remote, store_dir, id, size, pw] = args else {
         return Err("bad child arguments".into());
     };
@@ -87,10 +89,23 @@ fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         },
     };
     let size: u64 = size.parse()?;
-    let opts = PullOptions {
+    let mut opts = PullOptions {
         free_space_margin: 0,
         ..PullOptions::default()
     };
+    // Tuning experiments: the defaults are what hapull uses.
+    if let Some(v) = std::env::var("BENCH_READ_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.session.read_size = v;
+    }
+    if let Some(v) = std::env::var("BENCH_OUTSTANDING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.session.outstanding_reads = v;
+    }
     let keys = (pw != "-")
         .then(|| std::fs::read_to_string(pw))
         .transpose()?
