@@ -26,8 +26,8 @@ impl Context {
         ours.sort_by(|a, b| b.date.cmp(&a.date));
         let mut deleted = Vec::new();
         for b in ours.into_iter().skip(self.settings.keep_on_ha as usize) {
-            if !self.has_verified_copy(&b.backup_id) {
-                info!(backup_id = %b.backup_id, "kept in Home Assistant: no verified local copy");
+            if let Some(why) = self.reason_to_keep_in_ha(&b.backup_id) {
+                info!(backup_id = %b.backup_id, "kept in Home Assistant: {why}");
                 continue;
             }
             match api {
@@ -35,7 +35,7 @@ impl Context {
                 BackupApi::Legacy { .. } => self.client.legacy_backup_remove(&b.backup_id).await,
             }
             .at(Step::CleanUpHa)?;
-            info!(backup_id = %b.backup_id, "deleted from Home Assistant (verified local copy exists)");
+            info!(backup_id = %b.backup_id, "deleted from Home Assistant (a verified local copy exists)");
             self.record(
                 Kind::HaDeleted,
                 json!({"backup_id": b.backup_id, "name": b.name}),

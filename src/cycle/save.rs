@@ -13,7 +13,7 @@ use super::{At, Context, CycleError, Made, Source, Step};
 use crate::audit::Kind;
 use crate::config::VerifyLevel;
 use crate::store::{
-    self, ArchiveError, ArchiveSummary, CommitInfo, Keys, Ledger, LedgerEntry, StoreError,
+    self, ArchiveError, ArchiveSummary, CommitInfo, Keys, Ledger, LedgerEntry, Level, StoreError,
     StoredArchive, StreamVerifier, Verify,
 };
 use crate::transfer::{self, ByteObserver, PullOutcome};
@@ -183,11 +183,31 @@ impl Context {
 
     /// The store holds a committed archive of this backup, whole.
     pub(super) fn has_verified_copy(&self, backup_id: &str) -> bool {
+        self.stored_level(backup_id).is_some()
+    }
+
+    /// The level a whole committed archive of this backup was proven at, if the store has one.
+    fn stored_level(&self, backup_id: &str) -> Option<Option<Level>> {
         match self.store.find(backup_id) {
             Ok(Some(a)) => std::fs::metadata(&a.path)
-                .map(|m| m.len() == a.manifest.size)
-                .unwrap_or(false),
-            _ => false,
+                .is_ok_and(|m| m.len() == a.manifest.size)
+                .then_some(a.manifest.verified),
+            _ => None,
+        }
+    }
+
+    /// Why Home Assistant's copy of this backup must stay, if it must: no whole copy in the store,
+    /// or one proven at less than `full` where the configuration asks for `full` (a protected
+    /// backup committed without its password: its encrypted members were never read).
+    pub(super) fn reason_to_keep_in_ha(&self, backup_id: &str) -> Option<&'static str> {
+        match self.stored_level(backup_id) {
+            None => Some("no verified local copy"),
+            // A manifest from before levels were recorded: accepted as that version accepted it.
+            Some(Some(Level::Full) | None) => None,
+            Some(_) if self.settings.verify == VerifyLevel::Structure => None,
+            Some(_) => Some(
+                "the local copy is verified at structure level only (a protected backup and no [backup] password_file): set password_file to verify it fully",
+            ),
         }
     }
 }

@@ -143,6 +143,11 @@ impl Rig {
 
     /// A backup made in Home Assistant by someone else (not hapull), waited for until it is listed.
     async fn made_by_hand(&self, name: &str) -> String {
+        self.made_by_hand_with(name, None).await
+    }
+
+    /// A backup made in Home Assistant by someone else, protected with `password` when given.
+    async fn made_by_hand_with(&self, name: &str, password: Option<&str>) -> String {
         let mut o = ClientOptions::new(
             Endpoint::parse(&self.sim.url()).unwrap(),
             Secret::new("sim-token"),
@@ -155,6 +160,7 @@ impl Rig {
             .backup_generate(&GenerateRequest {
                 agent_ids: vec!["backup.local".into()],
                 name: Some(name.into()),
+                password: password.map(Secret::new),
                 ..Default::default()
             })
             .await
@@ -331,6 +337,55 @@ async fn prune_foreign_deletes_other_backups_only_once_they_have_a_verified_copy
         .map(|r| r["data"]["backup_id"].clone())
         .collect();
     assert_eq!(deleted, vec![json!(copied)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_proven_only_at_structure_level_does_not_let_home_assistant_delete_its_own() {
+    let rig = Rig::start(0).await;
+    // Protected by someone in HA; hapull has no password_file, so it cannot read the inner archives.
+    let protected = rig
+        .made_by_hand_with(
+            "protected, by hand",
+            Some("a password hapull does not have"),
+        )
+        .await;
+    ok(&rig.hapull(&["pull", &protected]));
+    let stored = rig.store().find(&protected).unwrap().unwrap();
+    assert_eq!(stored.manifest.verified_str(), "structure");
+
+    rig.configure("", "keep_on_ha = 1\nprune_foreign = true", "");
+    let out = rig.hapull(&["once"]);
+    ok(&out);
+    let in_ha = rig.ha_ids();
+    assert!(
+        in_ha.contains(&protected),
+        "deleted on a structure-level copy: {in_ha:?}"
+    );
+    assert!(rig.audit("ha.deleted").is_empty());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("structure level only") && log.contains("password_file"),
+        "{log}"
+    );
+
+    // Where the user chose structure-level verification, that level is enough.
+    rig.configure_keys(
+        &rig.known_hosts_line(),
+        "",
+        "keep_on_ha = 1\nprune_foreign = true",
+        "",
+    );
+    let config = std::fs::read_to_string(&rig.config).unwrap();
+    std::fs::write(
+        &rig.config,
+        config.replace(
+            "dir = \"archives\"\n",
+            "dir = \"archives\"\nverify = \"structure\"\n",
+        ),
+    )
+    .unwrap();
+    ok(&rig.hapull(&["once"]));
+    assert!(!rig.ha_ids().contains(&protected), "{:?}", rig.ha_ids());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
