@@ -105,7 +105,7 @@ impl Context {
                 .await?;
             return Ok(made);
         }
-        self.settle(&made, Some(&id), Step::Create)?;
+        self.settle(&made, &id, Step::Create)?;
         self.record(Kind::BackupCreated, json!({"backup_id": id}))
             .await?;
         Ok(Made {

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::{Context, CycleError, Made, Step};
 use crate::audit::Kind;
 use crate::ha::{Backup, Install};
-use crate::store::{Ledger, Pending, safe_component};
+use crate::store::{Ledger, LedgerEntry, Pending, safe_component};
 
 /// How long an unresolved request is kept before hapull stops looking for its backup.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -127,25 +127,18 @@ impl Context {
         Ok(k)
     }
 
-    /// Settles the pending entry of `made` (if any): its backup id becomes a made id, or with `None`
-    /// the entry goes (Home Assistant refused the request or reported the backup failed).
+    /// Records the backup id of `made`: its pending entry (if any) becomes a made id in one write.
     pub(super) fn settle(
         &self,
         made: &Made,
-        backup_id: Option<&str>,
+        backup_id: &str,
         step: Step,
     ) -> Result<(), CycleError> {
-        let Some(k) = &made.pending else {
-            return match backup_id {
-                Some(id) => {
-                    Ledger::remember(self.store.root(), crate::store::LedgerEntry::Made, id)
-                        .map_err(|e| Self::unrecorded(step, e))
-                }
-                None => Ok(()),
-            };
-        };
-        Ledger::settle_pending(self.store.root(), k, backup_id)
-            .map_err(|e| Self::unrecorded(step, e))
+        match &made.pending {
+            Some(k) => Ledger::settle_pending(self.store.root(), k, Some(backup_id)),
+            None => Ledger::remember(self.store.root(), LedgerEntry::Made, backup_id),
+        }
+        .map_err(|e| Self::unrecorded(step, e))
     }
 
     fn unrecorded(step: Step, e: std::io::Error) -> CycleError {

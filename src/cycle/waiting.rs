@@ -251,7 +251,7 @@ impl Context {
                 format!("the Supervisor gave an unusable backup id: {e}"),
             )
         })?;
-        self.settle(&made, Some(&id), Step::Await)?;
+        self.settle(&made, &id, Step::Await)?;
         info!(job_id = %job, backup_id = %id, how, "backup identified");
         self.record(
             Kind::BackupIdentified,
