@@ -395,6 +395,24 @@ fn check_store(cfg: &Config, report: &mut Report) {
             format!("cannot write in {}: {e}", store.dir.display()),
         ),
     }
+    match crate::store::Ledger::read(&store.dir) {
+        // A ledger that cannot be read stops every cycle before it asks for a backup.
+        Err(e) => report.add(Level::Fail, "store ledger", e.to_string()),
+        Ok(l) if !l.pending.is_empty() => {
+            let oldest = l.pending.iter().map(|p| p.requested_at.as_str()).min();
+            report.add(
+                Level::Warn,
+                "store ledger",
+                format!(
+                    "{} backup request(s) of interrupted cycles not identified yet (oldest asked {}): \
+                     the next cycle looks for them in Home Assistant; after 7 days hapull stops looking",
+                    l.pending.len(),
+                    oldest.unwrap_or("?")
+                ),
+            )
+        }
+        Ok(_) => {}
+    }
     match crate::store::lock::StoreLock::holder(&store.dir) {
         Ok(Some(h)) => report.add(
             Level::Ok,

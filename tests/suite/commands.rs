@@ -915,3 +915,41 @@ async fn a_password_with_a_legacy_home_assistant_is_refused_before_any_backup() 
     ok(&rig.hapull(&["once"]));
     assert_eq!(rig.verified().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_pending_requests_and_refuses_a_damaged_ledger() {
+    let rig = Rig::start(0).await;
+    let store = rig.dir.path().join("archives");
+    hapull::store::Ledger::add_pending(
+        &store,
+        hapull::store::Pending {
+            requested_at: "2026-12-01T17:40:00Z".into(),
+            name: Some("hapull".into()),
+            agent: Some("hassio.local".into()),
+            job_id: None,
+        },
+    )
+    .unwrap();
+    let out = ok(&rig.hapull(&["check"]));
+    assert!(
+        out.contains("[warn] store ledger")
+            && out.contains("1 backup request(s) of interrupted cycles not identified yet")
+            && out.contains("2026-12-01T17:40:00Z"),
+        "{out}"
+    );
+
+    std::fs::write(store.join(hapull::store::LEDGER_FILE), b"{\"ids\": [").unwrap();
+    let out = rig.hapull(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("[FAIL] store ledger") && stdout.contains("move it aside"),
+        "{stdout}"
+    );
+    // And a cycle asks Home Assistant for nothing while it cannot record what it asks for.
+    let once = rig.hapull(&["once"]);
+    assert_eq!(once.status.code(), Some(1));
+    assert!(rig.sim.backups().is_empty(), "no backup was made");
+    let stderr = String::from_utf8_lossy(&once.stderr);
+    assert!(stderr.contains("no backup was asked for"), "{stderr}");
+}
