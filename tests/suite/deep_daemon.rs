@@ -241,6 +241,50 @@ impl Rig {
     }
 }
 
+/// A webhook receiver: the body of the first POST it gets, answered 200.
+fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head, then as many body bytes as Content-Length says.
+            let body = loop {
+                let Ok(n) = stream.read(&mut buf) else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body.to_string());
+                    }
+                }
+            };
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if let Some(body) = body {
+                let _ = tx.send(body);
+            }
+        }
+    });
+    (port, rx)
+}
+
 /// The check named `name` in a deep record's `data.checks`.
 fn check<'a>(record: &'a Value, name: &str) -> &'a Value {
     record["data"]["checks"]
@@ -339,6 +383,12 @@ async fn every_cycle_deep_verifies_the_committed_archive_and_reports_it() {
 async fn a_damaged_database_fails_the_check_makes_health_bad_and_deletes_nothing() {
     let (_, bad) = databases();
     let r = rig("deep_verify = \"7d\"\nkeep_last = 1", bad).await;
+    let (hook_port, hook) = webhook_receiver();
+    let mut cfg = std::fs::read_to_string(&r.config).unwrap();
+    cfg.push_str(&format!(
+        "\n[notify]\nwebhook_failure = \"http://127.0.0.1:{hook_port}/fail\"\n"
+    ));
+    std::fs::write(&r.config, cfg).unwrap();
     let mut child = r.spawn_run();
     let rec = r.wait_for("archive.deep_verify_failed", &mut child).await;
     let id = rec["data"]["backup_id"].as_str().unwrap().to_string();
@@ -396,6 +446,18 @@ async fn a_damaged_database_fails_the_check_makes_health_bad_and_deletes_nothing
                 && e["data"]["backup_id"] == id.as_str()),
         "{:?}",
         r.sim.fired_events()
+    );
+    // And the failure webhook, with the problem but no secret.
+    let body: Value =
+        serde_json::from_str(&hook.recv_timeout(Duration::from_secs(30)).unwrap()).unwrap();
+    assert_eq!(body["event"], "deep_verify_failed", "{body}");
+    assert_eq!(body["backup_id"], id.as_str(), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("database: homeassistant/data/home-assistant_v2.db"),
+        "{body}"
     );
     r.stop(child);
 
