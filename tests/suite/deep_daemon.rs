@@ -375,6 +375,19 @@ async fn every_cycle_deep_verifies_the_committed_archive_and_reports_it() {
     assert_eq!(state["last_deep_verify"], state["last_deep_verify_success"]);
     r.stop(child);
     r.assert_no_scratch();
+    // `hapull check` says what the daemon will do, and what it cannot without a password.
+    let check = r.hapull(&["check"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("deep_verify"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("warn")
+            && line.contains("\"every_cycle\"")
+            && line.contains("password_file"),
+        "{text}"
+    );
     let verify = r.hapull(&["audit", "verify"]);
     assert!(verify.status.success(), "{verify:?}");
 }
