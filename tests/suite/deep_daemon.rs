@@ -383,9 +383,7 @@ async fn every_cycle_deep_verifies_the_committed_archive_and_reports_it() {
         .find(|l| l.contains("deep_verify"))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(
-        line.contains("warn")
-            && line.contains("\"every_cycle\"")
-            && line.contains("password_file"),
+        line.contains("warn") && line.contains("\"every_cycle\"") && line.contains("password_file"),
         "{text}"
     );
     let verify = r.hapull(&["audit", "verify"]);

@@ -103,13 +103,12 @@ impl CycleJob {
             done = &mut work => done,
             () = stopping => { cancel.cancel(); work.await }
         };
-        let started = now;
         let finished = self.clock.now();
-        let duration_s = finished.duration_since(started).as_secs_f64().max(0.0);
+        let duration_s = finished.duration_since(now).as_secs_f64().max(0.0);
         let report = match joined {
             Ok(Ok(report)) => report,
             Ok(Err(e)) => {
-                let reason = format!("the deep verification could not start: {e}");
+                let reason = format!("the deep verification could not run: {e}");
                 warn!(backup_id = %id, "{reason}");
                 self.deep_skipped(archive, &reason).await;
                 return;
