@@ -72,6 +72,8 @@ impl ByteObserver for Feed {
 
 /// Child mode: one verified pull and commit; prints the figures.
 fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    // As the hapull binary does.
+    hapull::tune_allocator();
     let [port, user, key, kh, remote, store_dir, id, size, pw] = args else {
         return Err("bad child arguments".into());
     };
@@ -87,10 +89,23 @@ fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         },
     };
     let size: u64 = size.parse()?;
-    let opts = PullOptions {
+    let mut opts = PullOptions {
         free_space_margin: 0,
         ..PullOptions::default()
     };
+    // Tuning experiments: the defaults are what hapull uses.
+    if let Some(v) = std::env::var("BENCH_READ_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.session.read_size = v;
+    }
+    if let Some(v) = std::env::var("BENCH_OUTSTANDING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.session.outstanding_reads = v;
+    }
     let keys = (pw != "-")
         .then(|| std::fs::read_to_string(pw))
         .transpose()?
@@ -147,6 +162,33 @@ fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// CPU-seconds of the sshd's finished session processes so far (its reaped children's user + system
+/// time), so each client's share of the server's work can be counted.
+fn sshd_children_cpu(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3; cutime and cstime are
+    // fields 16 and 17.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    match (f.get(13), f.get(14)) {
+        (Some(u), Some(s)) => (u + s) / tick,
+        _ => f64::NAN,
+    }
+}
+
+/// The sshd CPU a client's run cost: waits until the session's processes have been reaped.
+fn sshd_cpu_since(pid: u32, before: f64) -> f64 {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    sshd_children_cpu(pid) - before
+}
+
 fn stats(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -191,8 +233,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut ours, mut theirs, mut after, mut our_cpu, mut their_cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut peak = 0u64;
+    let (mut our_sshd, mut their_sshd) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let _ = std::fs::remove_dir_all(&store_dir);
+        let sshd_before = sshd_children_cpu(server.pid());
         let out = Command::new(&exe)
             .arg("--child")
             .args([
@@ -216,8 +260,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (secs, after_last, cpu, hwm): (f64, f64, f64, u64) =
             (f[1].parse()?, f[2].parse()?, f[3].parse()?, f[4].parse()?);
         let _ = std::fs::remove_dir_all(&store_dir);
+        let our_s = sshd_cpu_since(server.pid(), sshd_before);
 
         let _ = std::fs::remove_file(&local);
+        let sshd_before = sshd_children_cpu(server.pid());
         let started = Instant::now();
         let timed = Command::new("/usr/bin/time")
             .args(["-f", "TIME %U %S %M", "sh", "-c"])
@@ -254,10 +300,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let their_c =
             t.first().copied().unwrap_or(f64::NAN) + t.get(1).copied().unwrap_or(f64::NAN);
         let _ = std::fs::remove_file(&local);
+        let their_s = sshd_cpu_since(server.pid(), sshd_before);
 
         peak = peak.max(hwm);
         println!(
-            "round {round}: hapull {secs:.2} s ({} verified, committed {after_last:.3} s after the last byte, {cpu:.2} CPU-s, peak RSS {} MiB) | sftp+sync {their_secs:.2} s ({their_c:.2} CPU-s) | ratio {:.2}x",
+            "round {round}: hapull {secs:.2} s ({} verified, committed {after_last:.3} s after the last byte, {cpu:.2} CPU-s + sshd {our_s:.2}, peak RSS {} MiB) | sftp+sync {their_secs:.2} s ({their_c:.2} CPU-s + sshd {their_s:.2}) | ratio {:.2}x",
             f[5],
             hwm / 1024,
             their_secs / secs
@@ -267,6 +314,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         after.push(after_last);
         our_cpu.push(cpu);
         their_cpu.push(their_c);
+        our_sshd.push(our_s);
+        their_sshd.push(their_s);
     }
     let gib = size as f64 / (1u64 << 30) as f64;
     let (o, omin, omax) = stats(&ours);
@@ -274,14 +323,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (a, amin, amax) = stats(&after);
     let (oc, _, _) = stats(&our_cpu);
     let (tc, _, _) = stats(&their_cpu);
+    let (os, _, _) = stats(&our_sshd);
+    let (ts, _, _) = stats(&their_sshd);
     let ratios: Vec<f64> = theirs.iter().zip(&ours).map(|(t, o)| t / o).collect();
     let (r, rmin, rmax) = stats(&ratios);
     println!(
         "median (min-max): hapull {o:.2} s ({omin:.2}-{omax:.2}), sftp+sync {t:.2} s ({tmin:.2}-{tmax:.2}); \
          speed-up {r:.2}x ({rmin:.2}-{rmax:.2}); committed {a:.3} s ({amin:.3}-{amax:.3}) after the last byte; \
-         CPU-s per GiB: hapull {:.2}, sftp client {:.2} (sshd not counted); hapull peak RSS {} MiB",
+         CPU-s per GiB: hapull {:.2} + its sshd session {:.2}, sftp client {:.2} + its sshd session {:.2}; hapull peak RSS {} MiB",
         oc / gib,
+        os / gib,
         tc / gib,
+        ts / gib,
         peak / 1024
     );
     Ok(())

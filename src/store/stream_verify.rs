@@ -18,7 +18,7 @@ use super::archive::{ArchiveError, ArchiveSummary, Verify, VerifyOptions, verify
 use super::securetar::Keys;
 
 /// Pieces queued ahead of the verifier (each as large as one network read).
-const QUEUE: usize = 64;
+const QUEUE: usize = 16;
 
 /// A verification running beside a download. Feed it every byte of the file, in order, then
 /// [`StreamVerifier::finish`].

@@ -13,6 +13,7 @@
 //! names (the caller chooses `local`); write anywhere but `local` and its two sidecars; retry a
 //! permanent failure (host key, login, permission, disk space).
 
+mod disk;
 mod error;
 mod hostkey;
 mod http;

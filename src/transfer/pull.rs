@@ -3,7 +3,7 @@
 //!
 //! Invariant: the destination name appears only after size checks pass, via rename of a fsynced file.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,14 +14,12 @@ use futures_util::stream::FuturesOrdered;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::StatusCode;
 
+use super::disk::{self, DiskWriter};
 use super::session::Session;
 use super::{ByteObserver, PullOptions, PullOutcome, TransferError};
 
 /// Chunks queued between the network and the writer; bounds memory together with the read window.
 pub(super) const WRITER_QUEUE: usize = 16;
-/// Dirty bytes after which the writer asks the kernel to start writing them out, so the disk works
-/// while the network does and the final fsync has little left to do.
-const WRITEBACK_STEP: u64 = 32 * 1024 * 1024;
 /// How often progress is logged when no terminal bar is shown.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -67,7 +65,9 @@ fn resume_point(paths: &LocalPaths, wanted_meta: &str, size: u64) -> Result<u64,
     let meta = std::fs::read_to_string(&paths.meta).ok();
     let partial_len = std::fs::metadata(&paths.partial).ok().map(|m| m.len());
     match (meta, partial_len) {
-        (Some(m), Some(len)) if m == wanted_meta && len <= size => return Ok(len),
+        (Some(m), Some(len)) if m == wanted_meta && len <= size => {
+            return Ok(disk::resume_offset(len));
+        }
         (None, None) => return Ok(0),
         _ => {}
     }
@@ -85,21 +85,6 @@ fn resume_point(paths: &LocalPaths, wanted_meta: &str, size: u64) -> Result<u64,
 pub(super) fn available_space(dir: &Path) -> std::io::Result<u64> {
     crate::private_fs::available_space(dir)
 }
-
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: the descriptor is open for the duration of the call; the flag only starts writeback.
-    // Failure is harmless (the final fsync still runs), so the result is ignored.
-    let _ =
-        unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE) };
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
 pub(super) fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
     crate::private_fs::write_atomic(path, text.as_bytes())
@@ -146,23 +131,22 @@ pub(super) fn writer<O: ByteObserver>(
         hashed += n as u64;
     }
     drop(buf);
-    file.seek(SeekFrom::Start(hashed))
-        .map_err(|e| TransferError::local("seek in", &partial, e))?;
-    let mut total = hashed;
-    let mut flushed = hashed;
+    let mut disk = DiskWriter::new(file, &partial, hashed)
+        .map_err(|e| TransferError::local("open", &partial, e))?;
+    tracing::debug!(
+        direct_io = disk.direct(),
+        from = hashed,
+        "writing the download"
+    );
     while let Some(chunk) = rx.blocking_recv() {
-        file.write_all(&chunk)
+        disk.write(&chunk)
             .map_err(|e| TransferError::local("write", &partial, e))?;
         ctx.update(&chunk);
-        total += chunk.len() as u64;
         observer.observe(Bytes::from(chunk));
-        if total - flushed >= WRITEBACK_STEP {
-            start_writeback(&file, flushed, total - flushed);
-            flushed = total;
-        }
     }
-    file.sync_all()
-        .map_err(|e| TransferError::local("fsync", &partial, e))?;
+    let total = disk
+        .finish()
+        .map_err(|e| TransferError::local("write and fsync", &partial, e))?;
     let mut sha = [0u8; 32];
     sha.copy_from_slice(ctx.finish().as_ref());
     Ok((sha, total, observer))
@@ -439,14 +423,15 @@ mod tests {
     fn stale_partial_of_a_changed_file_is_discarded() {
         let dir = tempfile::tempdir().unwrap();
         let paths = local_paths(&dir.path().join("f.tar")).unwrap();
-        std::fs::write(&paths.partial, b"12345").unwrap();
-        std::fs::write(&paths.meta, meta_text("/r/f.tar", 10, Some(1))).unwrap();
+        std::fs::write(&paths.partial, vec![7u8; 10_000]).unwrap();
+        std::fs::write(&paths.meta, meta_text("/r/f.tar", 20_000, Some(1))).unwrap();
+        // The kept prefix is rounded down to an aligned offset, so direct I/O can go on from it.
         assert_eq!(
-            resume_point(&paths, &meta_text("/r/f.tar", 10, Some(1)), 10).unwrap(),
-            5
+            resume_point(&paths, &meta_text("/r/f.tar", 20_000, Some(1)), 20_000).unwrap(),
+            8192
         );
         assert_eq!(
-            resume_point(&paths, &meta_text("/r/f.tar", 10, Some(2)), 10).unwrap(),
+            resume_point(&paths, &meta_text("/r/f.tar", 20_000, Some(2)), 20_000).unwrap(),
             0
         );
         assert!(!paths.partial.exists() && !paths.meta.exists());

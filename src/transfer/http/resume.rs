@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::TransferError;
-use crate::transfer::pull;
+use crate::transfer::{disk, pull};
 
 /// What the sidecar says about the download a `.partial` holds the start of. Only a resumable one
 /// (known length, ranges offered, a validator) is worth keeping.
@@ -50,6 +50,6 @@ pub(super) fn remove_if_exists(p: &Path) -> Result<(), TransferError> {
 /// The prefix worth resuming from: what the sidecar describes for this same path, if anything.
 pub(super) fn resumable(paths: &pull::LocalPaths, path: &str) -> Option<(Meta, u64)> {
     let meta = Meta::parse(&std::fs::read_to_string(&paths.meta).ok()?)?;
-    let len = std::fs::metadata(&paths.partial).ok()?.len();
+    let len = disk::resume_offset(std::fs::metadata(&paths.partial).ok()?.len());
     (meta.path == path && len > 0 && len < meta.size).then_some((meta, len))
 }
