@@ -110,7 +110,16 @@ fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         .then(|| std::fs::read_to_string(pw))
         .transpose()?
         .map(|p| Arc::new(Mutex::new(Keys::new(Secret::new(p)))));
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = if std::env::var("BENCH_RT").as_deref() == Ok("current") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    };
     let started = Instant::now();
     let store = Store::open(store_dir)?;
     let local = store.incoming_path(id)?;

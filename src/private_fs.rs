@@ -7,6 +7,9 @@
 //! Also the one crash-safe replacement of a small file ([`write_atomic`]): temporary file in the same
 //! folder, fsync, rename, fsync the folder, so a crash leaves the old content or the new, never a mix.
 //!
+//! And the free space of a folder's filesystem ([`available_space`]), which the pull and the deep
+//! verification check before writing big files.
+//!
 //! This module knows nothing about what the files mean; it must not log their contents.
 
 use std::fs::{self, File, OpenOptions, Permissions};
@@ -131,6 +134,21 @@ pub fn exposed_bits(path: &Path) -> Option<u32> {
     fs::metadata(path)
         .ok()
         .map(|m| m.permissions().mode() & 0o077)
+}
+
+/// Bytes an unprivileged process can still write on the filesystem holding `dir`.
+pub fn available_space(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `stat` is a plain C struct written by the call.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // field widths differ between platforms
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
 
 #[cfg(test)]

@@ -90,6 +90,15 @@ pub enum Kind {
     VerifyFailed,
     /// A backup was deleted in Home Assistant (only ever after a verified copy exists).
     HaDeleted,
+    /// The daemon deep-verified a committed archive and every check passed (`data.checks`: one
+    /// entry per check with its result and what it proved).
+    DeepVerified,
+    /// A deep verification found a problem (`data.checks` names the failed check). Nothing is
+    /// deleted because of it.
+    DeepVerifyFailed,
+    /// A due deep verification could not run (`data.reason`: no password for a protected backup,
+    /// not enough free space, interrupted).
+    DeepVerifySkipped,
     /// An archive was removed from the store by retention.
     StorePruned,
     /// An archive and its manifest were copied to an offsite target and proven there (`data.proof`).
@@ -140,6 +149,9 @@ impl Kind {
         Kind::ArchiveCommitted,
         Kind::VerifyFailed,
         Kind::HaDeleted,
+        Kind::DeepVerified,
+        Kind::DeepVerifyFailed,
+        Kind::DeepVerifySkipped,
         Kind::StorePruned,
         Kind::OffsiteProven,
         Kind::OffsiteFailed,
@@ -175,6 +187,9 @@ impl Kind {
             Kind::ArchiveCommitted => "archive.committed",
             Kind::VerifyFailed => "verify.failed",
             Kind::HaDeleted => "ha.deleted",
+            Kind::DeepVerified => "archive.deep_verified",
+            Kind::DeepVerifyFailed => "archive.deep_verify_failed",
+            Kind::DeepVerifySkipped => "archive.deep_verify_skipped",
             Kind::StorePruned => "store.pruned",
             Kind::OffsiteProven => "offsite.proven",
             Kind::OffsiteFailed => "offsite.failed",

@@ -366,6 +366,32 @@ fn check_verification(cfg: &Config, report: &mut Report) {
              at structure level; set password_file in [backup] to verify them fully",
         ),
     }
+    let deep = store.deep_verify;
+    if deep != crate::config::DeepVerify::Off {
+        let when = match deep {
+            crate::config::DeepVerify::Every(_) => format!(
+                "deep_verify = \"{}\": `hapull run` deep-verifies the committed archive once that \
+                 long has passed since the last verdict",
+                deep.describe()
+            ),
+            _ => {
+                "deep_verify = \"every_cycle\": `hapull run` deep-verifies every committed archive"
+                    .to_string()
+            }
+        };
+        if cfg.backup.password.is_some() {
+            report.add(Level::Ok, "deep_verify", when);
+        } else {
+            report.add(
+                Level::Warn,
+                "deep_verify",
+                format!(
+                    "{when}, but password-protected backups cannot be unpacked without a \
+                     password: set password_file in [backup]"
+                ),
+            );
+        }
+    }
 }
 
 /// The store folder exists (or can be made) and is writable.

@@ -207,6 +207,7 @@ pub struct Schedule {
 pub struct Store {
     pub dir: Option<String>,
     pub verify: Option<super::VerifyLevel>,
+    pub deep_verify: Option<String>,
     pub keep_last: Option<u32>,
     pub keep_hourly: Option<u32>,
     pub keep_daily: Option<u32>,

@@ -8,8 +8,8 @@ use crate::ha::Endpoint;
 
 use super::validator::Validator;
 use super::{
-    Audit, Backup, BackupMode, ConfigError, HomeAssistant, HostKeyPolicy, Notify, Retention,
-    Schedule, Ssh, Status, Store, Transfer, VerifyLevel, Via, parse_size, raw,
+    Audit, Backup, BackupMode, ConfigError, DeepVerify, HomeAssistant, HostKeyPolicy, Notify,
+    Retention, Schedule, Ssh, Status, Store, Transfer, VerifyLevel, Via, parse_size, raw,
 };
 
 impl Validator<'_> {
@@ -326,9 +326,28 @@ impl Validator<'_> {
     pub(super) fn store(&mut self, r: raw::Store) -> Result<Store, ConfigError> {
         let dir = self.resolve(r.dir.as_deref().unwrap_or("/var/lib/hapull/archives"));
         let verify = r.verify.unwrap_or(VerifyLevel::Full);
+        let deep_verify = match r.deep_verify.as_deref().map(str::trim) {
+            None | Some("off") => DeepVerify::Off,
+            Some("every_cycle") => DeepVerify::EveryCycle,
+            Some(other) => match humantime::parse_duration(other) {
+                Ok(d) if !d.is_zero() => DeepVerify::Every(d),
+                _ => {
+                    return Err(self.err(
+                        "store",
+                        "deep_verify",
+                        format!(
+                            "{other:?} is not a choice; use \"off\" (the default), \"every_cycle\", or \
+                             an interval such as \"24h\" or \"7d\" (the archive a cycle commits is \
+                             deep-verified once that long has passed since the last deep verification)"
+                        ),
+                    ));
+                }
+            },
+        };
         Ok(Store {
             dir,
             verify,
+            deep_verify,
             retention: Retention {
                 keep_last: r.keep_last.unwrap_or(0),
                 keep_hourly: r.keep_hourly.unwrap_or(0),

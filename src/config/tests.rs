@@ -377,3 +377,41 @@ fn an_unencrypted_url_to_another_host_warns_that_the_token_travels_in_clear() {
     assert_eq!(warnings("http://localhost:8123"), 0);
     assert_eq!(warnings("https://ha.example.org"), 0);
 }
+
+#[test]
+fn deep_verify_is_off_by_default_and_its_mistakes_name_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "token", "t");
+    let base = "[home_assistant]\nurl = \"http://ha:8123\"\ntoken_file = \"token\"\n[store]\ndir = \"a\"\n";
+    let setting = |extra: &str| {
+        load_str(dir.path(), &format!("{base}{extra}")).map(|l| l.config.store.unwrap().deep_verify)
+    };
+    assert_eq!(setting("").unwrap(), DeepVerify::Off);
+    assert_eq!(setting("deep_verify = \"off\"\n").unwrap(), DeepVerify::Off);
+    assert_eq!(
+        setting("deep_verify = \"every_cycle\"\n").unwrap(),
+        DeepVerify::EveryCycle
+    );
+    assert_eq!(
+        setting("deep_verify = \"7d\"\n").unwrap(),
+        DeepVerify::Every(std::time::Duration::from_secs(7 * 86400))
+    );
+    assert_eq!(
+        setting("deep_verify = \"1week\"\n").unwrap(),
+        DeepVerify::Every(std::time::Duration::from_secs(7 * 86400))
+    );
+    for bad in ["\"weekly\"", "\"0s\"", "\"\""] {
+        let e = setting(&format!("deep_verify = {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 6: [store] deep_verify:")
+                && e.contains("\"every_cycle\"")
+                && e.contains("\"7d\""),
+            "{bad}: {e}"
+        );
+    }
+    // Not a string at all: the parser names the line and the key.
+    let e = setting("deep_verify = 3\n").unwrap_err().to_string();
+    assert!(e.contains("line 6") && e.contains("deep_verify"), "{e}");
+}

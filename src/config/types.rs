@@ -167,7 +167,34 @@ pub use crate::store::RetentionPolicy as Retention;
 pub struct Store {
     pub dir: PathBuf,
     pub verify: VerifyLevel,
+    /// When `hapull run` deep-verifies the archive a cycle committed.
+    pub deep_verify: DeepVerify,
     pub retention: Retention,
+}
+
+/// `[store] deep_verify`: when the daemon unpacks the archive a cycle just committed and checks
+/// its database and `.storage` files (what `hapull verify --deep` does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeepVerify {
+    /// Never in the daemon (`verify --deep` by hand still works).
+    #[default]
+    Off,
+    /// After every cycle that committed an archive.
+    EveryCycle,
+    /// After the first cycle that commits an archive once this long has passed since the last
+    /// deep verification that reached a verdict (or when none has, or the last one failed).
+    Every(Duration),
+}
+
+impl DeepVerify {
+    /// The setting as written in the config file.
+    pub fn describe(self) -> String {
+        match self {
+            DeepVerify::Off => "off".to_string(),
+            DeepVerify::EveryCycle => "every_cycle".to_string(),
+            DeepVerify::Every(d) => humantime::format_duration(d).to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use super::state::DeepVerdict;
+
 /// How a cycle ended, for `hapull_cycles_total{outcome=...}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -64,6 +66,17 @@ struct Values {
     retries: u64,
     next_retry: Option<Timestamp>,
     offsite: std::collections::BTreeMap<String, OffsiteValues>,
+    deep: DeepValues,
+}
+
+/// Deep verifications run by the daemon.
+#[derive(Debug, Clone, Copy, Default)]
+struct DeepValues {
+    last: Option<DeepVerdict>,
+    last_success: Option<Timestamp>,
+    passed: u64,
+    failed: u64,
+    skipped: u64,
 }
 
 /// One offsite target's state.
@@ -93,6 +106,9 @@ pub struct Snapshot {
     pub cycle_retries: u64,
     /// When a pending retry is due.
     pub next_retry: Option<Timestamp>,
+    /// The last deep verification that reached a verdict.
+    pub last_deep_verify: Option<DeepVerdict>,
+    pub last_deep_verify_success: Option<Timestamp>,
 }
 
 /// The metrics registry. Cheap to clone; all clones share the values.
@@ -164,6 +180,31 @@ impl Metrics {
         v.last_archive_protected = Some(protected);
     }
 
+    /// Carries over the last deep verdict and success time from the state file.
+    pub fn set_deep_verify(&self, last: Option<DeepVerdict>, last_success: Option<Timestamp>) {
+        let mut v = self.lock();
+        v.deep.last = last;
+        v.deep.last_success = last_success;
+    }
+
+    /// A deep verification reached a verdict.
+    pub fn deep_verified(&self, verdict: DeepVerdict) {
+        let mut v = self.lock();
+        v.deep.last = Some(verdict);
+        if verdict.passed {
+            v.deep.passed += 1;
+            v.deep.last_success = Some(verdict.at);
+        } else {
+            v.deep.failed += 1;
+        }
+    }
+
+    /// A due deep verification could not run (no password for a protected backup, not enough
+    /// free space, interrupted).
+    pub fn deep_verify_skipped(&self) {
+        self.lock().deep.skipped += 1;
+    }
+
     /// A due run was skipped because a cycle was still running.
     pub fn cycle_skipped(&self) {
         self.lock().skipped += 1;
@@ -200,6 +241,8 @@ impl Metrics {
             ha_connected: v.ha_connected,
             cycle_retries: v.retries,
             next_retry: v.next_retry,
+            last_deep_verify: v.deep.last,
+            last_deep_verify_success: v.deep.last_success,
         }
     }
 
@@ -301,6 +344,40 @@ impl Metrics {
             "# HELP hapull_pulled_bytes_total Bytes pulled from Home Assistant.\n# TYPE hapull_pulled_bytes_total counter\nhapull_pulled_bytes_total {}\n",
             v.pulled_bytes
         );
+        gauge_line(
+            &mut out,
+            "hapull_deep_verify_last_success_timestamp_seconds",
+            "When a deep verification (archive unpacked, database integrity_check, .storage parsed) \
+             last passed, as a Unix timestamp (0: never).",
+            ts(v.deep.last_success),
+        );
+        gauge_line(
+            &mut out,
+            "hapull_deep_verify_last_timestamp_seconds",
+            "When the last deep verification that reached a verdict finished (0: never).",
+            ts(v.deep.last.map(|d| d.at)),
+        );
+        gauge_line(
+            &mut out,
+            "hapull_deep_verify_last_failed",
+            "1 when the last deep verification found a problem, else 0.",
+            if v.deep.last.is_some_and(|d| !d.passed) {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        let _ = write!(
+            out,
+            "# HELP hapull_deep_verify_total Deep verifications run by the daemon, by outcome.\n# TYPE hapull_deep_verify_total counter\n"
+        );
+        for (outcome, n) in [
+            ("passed", v.deep.passed),
+            ("failed", v.deep.failed),
+            ("skipped", v.deep.skipped),
+        ] {
+            let _ = writeln!(out, "hapull_deep_verify_total{{outcome=\"{outcome}\"}} {n}");
+        }
         if !v.offsite.is_empty() {
             for (name, help) in [
                 (

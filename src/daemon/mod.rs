@@ -71,5 +71,5 @@ pub use notify::{Method, Notifier, NotifyError, WebhookClient, WebhookUrl};
 pub use retry::{PendingRetry, RetryOutcome, RetryPolicy, retry_until};
 pub use schedule::{Schedule, ScheduleError};
 pub use scheduler::{RunGuard, RunReason, Scheduler, Tick};
-pub use state::{RetryAt, State, StateError, StateFile};
+pub use state::{DeepVerdict, RetryAt, State, StateError, StateFile};
 pub use status::{Health, Limits, StatusServer, evaluate, health_from_state_file};

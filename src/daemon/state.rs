@@ -1,6 +1,7 @@
 //! The small state file: when the last scheduled run was due, when the last cycle succeeded or
 //! failed (written by the daemon and by `hapull once` / `hapull pull`), when the daemon started, how
-//! many failed cycles were retried and which retry is due.
+//! many failed cycles were retried and which retry is due, and the last deep verification's verdict
+//! (so `[store] deep_verify = "7d"` counts from it across restarts, and health can report a failure).
 //!
 //! It lets a restarted daemon catch up a run missed while the machine was down, and lets
 //! `hapull health` (a separate process) judge health by the same rule as `/healthz`. It holds only
@@ -49,6 +50,17 @@ pub struct State {
     pub retries: u64,
     /// A retry that is waiting to run: which attempt, and when.
     pub pending_retry: Option<RetryAt>,
+    /// The last deep verification that reached a verdict (passed or failed).
+    pub last_deep_verify: Option<DeepVerdict>,
+    /// When a deep verification last passed.
+    pub last_deep_verify_success: Option<Timestamp>,
+}
+
+/// The verdict of a deep verification that ran to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeepVerdict {
+    pub at: Timestamp,
+    pub passed: bool,
 }
 
 /// A retry of a failed cycle that is due at `at`; `attempt` 2 is the first retry.
@@ -74,6 +86,12 @@ struct OnDisk {
     retry_attempt: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next_retry: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_deep_verify: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_deep_verify_passed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_deep_verify_success: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -106,6 +124,7 @@ impl State {
             .transpose()
         };
         let next_retry = ts("next_retry", disk.next_retry)?;
+        let deep_at = ts("last_deep_verify", disk.last_deep_verify)?;
         Ok(State {
             last_scheduled_run: ts("last_scheduled_run", disk.last_scheduled_run)?,
             last_success: ts("last_success", disk.last_success)?,
@@ -116,6 +135,14 @@ impl State {
                 (Some(attempt), Some(at)) => Some(RetryAt { attempt, at }),
                 _ => None,
             },
+            last_deep_verify: match (deep_at, disk.last_deep_verify_passed) {
+                (Some(at), Some(passed)) => Some(DeepVerdict { at, passed }),
+                _ => None,
+            },
+            last_deep_verify_success: ts(
+                "last_deep_verify_success",
+                disk.last_deep_verify_success,
+            )?,
         })
     }
 
@@ -134,6 +161,9 @@ impl State {
             retries: self.retries,
             retry_attempt: self.pending_retry.map(|r| r.attempt),
             next_retry: self.pending_retry.map(|r| r.at.to_string()),
+            last_deep_verify: self.last_deep_verify.map(|d| d.at.to_string()),
+            last_deep_verify_passed: self.last_deep_verify.map(|d| d.passed),
+            last_deep_verify_success: self.last_deep_verify_success.map(|t| t.to_string()),
         };
         let mut text =
             serde_json::to_string_pretty(&disk).map_err(|e| werr(std::io::Error::other(e)))?;
@@ -212,6 +242,25 @@ impl StateFile {
             return Ok(());
         }
         self.update(|s| s.pending_retry = None)
+    }
+
+    /// Records the verdict of a deep verification.
+    pub fn record_deep_verify(&self, verdict: DeepVerdict) -> Result<(), StateError> {
+        self.update(|s| {
+            s.last_deep_verify = Some(verdict);
+            if verdict.passed {
+                s.last_deep_verify_success = Some(verdict.at);
+            }
+        })
+    }
+
+    /// Forgets the last deep verdict (deep verification was turned off: a failure of long ago
+    /// must not keep health red forever). The last success time stays.
+    pub fn clear_deep_verify(&self) -> Result<(), StateError> {
+        if self.get().last_deep_verify.is_none() {
+            return Ok(());
+        }
+        self.update(|s| s.last_deep_verify = None)
     }
 
     /// Records a cycle that failed at `at`.

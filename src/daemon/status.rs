@@ -7,6 +7,10 @@
 //! same record: the state file, where the daemon and `hapull once` / `hapull pull` write their
 //! successes.
 //!
+//! A deep verification that found a problem (`[store] deep_verify`) also makes health bad, whatever
+//! the age of the last success, until a later deep verification passes: a backup that would not
+//! restore is a problem a person must see, even though the cycle itself succeeded.
+//!
 //! The server is for a local scraper or a health check, not the internet: it answers two paths, caps
 //! request size, connection count and time per connection, closes every connection after one answer
 //! and never reveals anything but the numbers in [`Metrics`]. It must not run cycles or change state.
@@ -25,7 +29,7 @@ use tokio::task::JoinSet;
 
 use super::clock::Clock;
 use super::metrics::Metrics;
-use super::state::{State, StateFile};
+use super::state::{DeepVerdict, State, StateFile};
 
 /// Healthy or not, with the reason a person reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +94,29 @@ pub fn evaluate(
     }
 }
 
+/// The deep-verification part of the rule: `Some(reason)` when the last deep verdict is a failure.
+pub fn deep_problem(last: Option<DeepVerdict>) -> Option<String> {
+    match last {
+        Some(DeepVerdict { at, passed: false }) => Some(format!(
+            "the deep verification at {at} found a problem in the newest backup (see the audit \
+             record archive.deep_verify_failed, or run `hapull verify --deep`); this clears when a \
+             later deep verification passes"
+        )),
+        _ => None,
+    }
+}
+
+/// [`evaluate`], made unhealthy by a failed deep verification.
+fn with_deep(health: Health, last: Option<DeepVerdict>) -> Health {
+    match (health, deep_problem(last)) {
+        (h, None) => h,
+        (Health::Healthy(_), Some(problem)) => Health::Unhealthy(problem),
+        (Health::Unhealthy(reason), Some(problem)) => {
+            Health::Unhealthy(format!("{reason}; and {problem}"))
+        }
+    }
+}
+
 /// The health rule applied to the daemon's state file, for `hapull health` (e.g. Docker's
 /// HEALTHCHECK) without the HTTP endpoint.
 pub fn health_from_state_file(path: &Path, max_age: Duration, now: Timestamp) -> Health {
@@ -102,15 +129,18 @@ pub fn health_from_state_file(path: &Path, max_age: Duration, now: Timestamp) ->
             "{} records no start and no successful backup; is `hapull run` running with this state file, or has `hapull once` succeeded?",
             path.display()
         )),
-        Ok(state) => match evaluate(state.last_success, state.started_at, max_age, now) {
-            Health::Unhealthy(reason) => match state.last_failure {
-                Some(failed) if state.last_success.is_none_or(|ok| failed > ok) => {
-                    Health::Unhealthy(format!("{reason}; the last cycle failed at {failed}"))
-                }
-                _ => Health::Unhealthy(reason),
-            },
-            healthy => healthy,
-        },
+        Ok(state) => {
+            let health = match evaluate(state.last_success, state.started_at, max_age, now) {
+                Health::Unhealthy(reason) => match state.last_failure {
+                    Some(failed) if state.last_success.is_none_or(|ok| failed > ok) => {
+                        Health::Unhealthy(format!("{reason}; the last cycle failed at {failed}"))
+                    }
+                    _ => Health::Unhealthy(reason),
+                },
+                healthy => healthy,
+            };
+            with_deep(health, state.last_deep_verify)
+        }
         Err(e) => Health::Unhealthy(e.to_string()),
     }
 }
@@ -172,9 +202,17 @@ impl StatusServer {
     /// Health by the rule in the module docs, from the metrics registry.
     pub fn health(&self) -> Health {
         let s = self.metrics.snapshot();
-        let recorded = self.state.as_ref().and_then(|f| f.reload().last_success);
-        let last_success = s.last_success.max(recorded);
-        evaluate(last_success, s.started_at, self.max_age, self.clock.now())
+        let recorded = self.state.as_ref().map(StateFile::reload);
+        let last_success = s.last_success.max(recorded.and_then(|r| r.last_success));
+        // The state file is the shared record; without one, what this daemon saw.
+        let deep = match recorded {
+            Some(r) => r.last_deep_verify,
+            None => s.last_deep_verify,
+        };
+        with_deep(
+            evaluate(last_success, s.started_at, self.max_age, self.clock.now()),
+            deep,
+        )
     }
 
     /// Serves on `listener` until `shutdown` resolves, then stops accepting and waits for the

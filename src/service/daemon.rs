@@ -24,6 +24,9 @@ use crate::daemon::{
 use crate::ha::{Client, ConnectionState, HaError, SubItem};
 
 use super::{ServiceError, client_options, context, open_audit, setup, timezone};
+use crate::config::DeepVerify;
+
+mod deep_check;
 
 /// Connects, retrying transient failures with capped backoff until `shutdown` resolves; a refused
 /// token or a bad certificate ends at once. `None` when shut down first.
@@ -80,6 +83,19 @@ pub async fn run(
     if let Some(at) = state.get().last_success {
         metrics.set_last_success(at);
     }
+    let deep_verify = cfg
+        .store
+        .as_ref()
+        .map(|s| s.deep_verify)
+        .unwrap_or_default();
+    if deep_verify == DeepVerify::Off {
+        // A failure found while deep verification was on must not keep health bad for ever.
+        if let Err(e) = state.clear_deep_verify() {
+            warn!(error = %e, "cannot clear the last deep verification in the state file");
+        }
+    }
+    let st = state.get();
+    metrics.set_deep_verify(st.last_deep_verify, st.last_deep_verify_success);
     let notifier = Notifier::new(
         cfg.notify.webhook_success.as_deref(),
         cfg.notify.webhook_failure.as_deref(),
@@ -108,7 +124,8 @@ pub async fn run(
             .step(
                 Kind::ServiceStarted,
                 json!({"version": env!("CARGO_PKG_VERSION"), "config": cfg.path.display().to_string(),
-                       "cron": cfg.schedule.cron, "timezone": cfg.schedule.timezone}),
+                       "cron": cfg.schedule.cron, "timezone": cfg.schedule.timezone,
+                       "deep_verify": deep_verify.describe()}),
             )
             .await;
     }
@@ -179,6 +196,7 @@ pub async fn run(
                         clock: clock.clone(),
                         notify_ha: cfg.notify.home_assistant,
                         retry,
+                        deep_verify,
                         next_due: next_runs.next_after(scheduled_for),
                         stop: stop_tx.subscribe(),
                     };
@@ -258,6 +276,8 @@ struct CycleJob {
     clock: Clock,
     notify_ha: bool,
     retry: RetryPolicy,
+    /// When the archive a cycle committed is deep-verified.
+    deep_verify: DeepVerify,
     /// When the next scheduled run is due: retries stop before it.
     next_due: Option<Timestamp>,
     /// Becomes true on shutdown: a wait for a retry ends at once (a running attempt is not cut).
@@ -295,6 +315,7 @@ impl CycleJob {
                     info!(attempts, "the cycle succeeded after retrying");
                 }
                 self.notify_success(&r, duration).await;
+                self.deep_verify_if_due(&r.archive).await;
             }
             RetryOutcome::Permanent { error, .. } => {
                 tracing::error!(error = %error, "the cycle failed for a reason retrying cannot fix; not retried");

@@ -87,15 +87,59 @@ impl DeepReport {
     }
 }
 
+/// How a deep verification ended, in one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every check passed (or the backup does not include what it reads).
+    Passed,
+    /// A check found a problem.
+    Failed,
+    /// Nothing failed, but a check could not run: interrupted, or not enough free space.
+    NotRun,
+}
+
+impl DeepReport {
+    pub fn verdict(&self) -> Verdict {
+        if self.passed() {
+            Verdict::Passed
+        } else if self
+            .checks
+            .iter()
+            .any(|c| matches!(c.outcome, Outcome::Failed(_)))
+        {
+            Verdict::Failed
+        } else {
+            Verdict::NotRun
+        }
+    }
+}
+
+/// How many archive bytes are unpacked between two looks at the free space.
+const SPACE_CHECK_EVERY: u64 = 1 << 20;
+
 /// Lets another thread stop a deep verification (Ctrl-C): the unpack stops at its next read, a
 /// running SQLite check is interrupted, and the temporary folder is removed before returning.
+/// It also bounds the disk use ([`Cancel::keeping_free`]).
 #[derive(Default)]
 pub struct Cancel {
     flag: AtomicBool,
     sqlite: Mutex<Option<rusqlite::InterruptHandle>>,
+    /// Free space the unpack must leave in the store (0: no limit).
+    reserve: u64,
+    low_space: AtomicBool,
 }
 
 impl Cancel {
+    /// A deep verification that does not start unless the store has room for the archive's size
+    /// plus `reserve`, and stops (reported as not run, never as a failure) when unpacking would
+    /// leave less than `reserve` free.
+    pub fn keeping_free(reserve: u64) -> Cancel {
+        Cancel {
+            reserve,
+            ..Cancel::default()
+        }
+    }
+
     pub fn cancel(&self) {
         self.flag.store(true, Ordering::SeqCst);
         if let Ok(mut h) = self.sqlite.lock()
@@ -145,6 +189,24 @@ pub fn deep_verify(
     );
 
     remove_abandoned_scratch(store.root());
+    if cancel.reserve > 0 {
+        // The unpacked backup is at least about as big as the archive (it is compressed); the
+        // guard during the unpack holds the rest of the bound.
+        let free = crate::private_fs::available_space(store.root()).unwrap_or(0);
+        let needed = archive.manifest.size.saturating_add(cancel.reserve);
+        if free < needed {
+            add(
+                "unpack",
+                Outcome::NotRun(format!(
+                    "not enough free space in the store to unpack: {free} bytes free, at least \
+                     {needed} needed (the archive's size plus {} kept free); free some space",
+                    cancel.reserve
+                )),
+            );
+            not_run(&mut add, "the backup was not unpacked");
+            return Ok(report);
+        }
+    }
     let scratch = Scratch::create(store.root())?;
     let file = fs::File::open(&archive.path).map_err(|source| StoreError::Io {
         action: "read",
@@ -155,6 +217,8 @@ pub fn deep_verify(
         Cancellable {
             inner: file,
             cancel,
+            scratch: &scratch.path,
+            since_check: 0,
         },
         &scratch.path,
         ExtractOptions {
@@ -184,6 +248,15 @@ pub fn deep_verify(
             add("storage", check_storage(&scratch.path, cancel));
         }
         // The extractor's error only echoes the interruption; it says nothing about the backup.
+        Err(_) if cancel.low_space.load(Ordering::SeqCst) => {
+            let why = format!(
+                "stopped: unpacking would have left less than {} bytes free in the store; free \
+                 some space",
+                cancel.reserve
+            );
+            add("unpack", Outcome::NotRun(why.clone()));
+            not_run(&mut add, &why);
+        }
         Err(_) if cancel.is_cancelled() => {
             add("unpack", Outcome::NotRun("interrupted".to_owned()));
             not_run(&mut add, "interrupted");
@@ -439,10 +512,13 @@ fn remove_abandoned_scratch(store_root: &Path) {
     }
 }
 
-/// A reader that fails once [`Cancel::cancel`] was called, so an unpack stops promptly.
+/// A reader that fails once [`Cancel::cancel`] was called, so an unpack stops promptly, and once
+/// the free space in the temporary folder falls below the reserve.
 struct Cancellable<'a, R> {
     inner: R,
     cancel: &'a Cancel,
+    scratch: &'a Path,
+    since_check: u64,
 }
 
 impl<R: Read> Read for Cancellable<'_, R> {
@@ -450,7 +526,18 @@ impl<R: Read> Read for Cancellable<'_, R> {
         if self.cancel.is_cancelled() {
             return Err(io::Error::other("interrupted"));
         }
-        self.inner.read(buf)
+        if self.cancel.reserve > 0 && self.since_check >= SPACE_CHECK_EVERY {
+            self.since_check = 0;
+            let free = crate::private_fs::available_space(self.scratch).unwrap_or(0);
+            if free < self.cancel.reserve {
+                self.cancel.low_space.store(true, Ordering::SeqCst);
+                self.cancel.cancel();
+                return Err(io::Error::other("not enough free space"));
+            }
+        }
+        let n = self.inner.read(buf)?;
+        self.since_check += n as u64;
+        Ok(n)
     }
 }
 
@@ -505,11 +592,29 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_stops_when_free_space_falls_below_the_reserve() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cancel = Cancel::keeping_free(u64::MAX / 2);
+        let data = vec![0u8; 3 * SPACE_CHECK_EVERY as usize];
+        let mut r = Cancellable {
+            inner: &data[..],
+            cancel: &cancel,
+            scratch: tmp.path(),
+            since_check: 0,
+        };
+        let err = io::copy(&mut r, &mut io::sink()).unwrap_err();
+        assert_eq!(err.to_string(), "not enough free space");
+        assert!(cancel.is_cancelled() && cancel.low_space.load(Ordering::SeqCst));
+    }
+
+    #[test]
     fn a_cancelled_reader_fails_at_once() {
         let cancel = Cancel::default();
         let mut r = Cancellable {
             inner: &b"abc"[..],
             cancel: &cancel,
+            scratch: Path::new("/"),
+            since_check: 0,
         };
         let mut buf = [0u8; 2];
         assert_eq!(r.read(&mut buf).unwrap(), 2);

@@ -83,17 +83,7 @@ fn resume_point(paths: &LocalPaths, wanted_meta: &str, size: u64) -> Result<u64,
 }
 
 pub(super) fn available_space(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: `c` is a valid NUL-terminated path and `stat` is a plain C struct written by the call.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)] // field widths differ between platforms
-    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    crate::private_fs::available_space(dir)
 }
 
 pub(super) fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {

@@ -593,6 +593,8 @@ fn the_state_file_survives_a_reopen() {
             last_failure: None,
             retries: 0,
             pending_retry: None,
+            last_deep_verify: None,
+            last_deep_verify_success: None,
         }
     );
     // No temporary files are left behind.

@@ -13,7 +13,7 @@ use hapull::store::{CommitInfo, Store, Verify};
 const PAGE: usize = 4096;
 
 /// A recorder-like SQLite database with enough rows that every page is in use.
-fn database(dir: &Path) -> Vec<u8> {
+pub(crate) fn database(dir: &Path) -> Vec<u8> {
     let path = dir.join("home-assistant_v2.db");
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(&format!(
@@ -38,7 +38,7 @@ fn database(dir: &Path) -> Vec<u8> {
 }
 
 /// Overwrites one whole page in the middle of the database file.
-fn corrupt(db: &mut [u8]) {
+pub(crate) fn corrupt(db: &mut [u8]) {
     let page = db.len() / PAGE / 2;
     db[page * PAGE..(page + 1) * PAGE].fill(0xA5);
 }

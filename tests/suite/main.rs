@@ -13,6 +13,7 @@ mod completions;
 mod cycle;
 mod daemon;
 mod daemon_process;
+mod deep_daemon;
 mod deep_verify;
 mod demo;
 mod first_hour;

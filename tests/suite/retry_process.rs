@@ -221,6 +221,19 @@ listen = "127.0.0.1:{status_port}"
         s["retries"]
     );
     assert!(s["retries"].as_u64().unwrap() >= 1, "{s}");
+    // The daemon writes the state file first, then its metrics: wait for them to catch up.
+    wait_for(
+        Duration::from_secs(30),
+        &log,
+        "the success in /metrics",
+        || {
+            metric(
+                &metrics(status_port),
+                "hapull_cycles_total{outcome=\"success\"} ",
+            ) == Some(1.0)
+        },
+    )
+    .await;
     let m = metrics(status_port);
     assert_eq!(
         metric(&m, "hapull_cycles_total{outcome=\"success\"} "),

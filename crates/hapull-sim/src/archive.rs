@@ -27,6 +27,8 @@ pub(crate) struct ArchiveSpec<'a> {
     pub password: Option<&'a str>,
     pub instance_id: &'a str,
     pub payload_bytes: u64,
+    /// The recorder database's bytes; `None`: a stub.
+    pub database: Option<&'a [u8]>,
     /// Written by the Supervisor: its `backup.json` fields and add-on, folder and
     /// `supervisor.tar.gz` members.
     pub supervisor: bool,
@@ -221,7 +223,7 @@ fn inner_archive(spec: &ArchiveSpec<'_>, mtime: u64) -> std::io::Result<Vec<u8>>
         append_gz(
             &mut builder,
             "data/home-assistant_v2.db",
-            b"SQLite format 3\0",
+            spec.database.unwrap_or(b"SQLite format 3\0"),
             mtime,
         )?;
     }

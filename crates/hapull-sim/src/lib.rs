@@ -81,6 +81,9 @@ pub struct SimOptions {
     pub stage_duration: Duration,
     /// Start with the backup manager `blocked`, as HA is until it has finished starting.
     pub start_blocked: bool,
+    /// The recorder database (`data/home-assistant_v2.db`) put in every archive that includes the
+    /// database. `None`: a 16-byte stub that is only SQLite's magic, not a database.
+    pub database: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl SimOptions {
@@ -93,6 +96,7 @@ impl SimOptions {
             payload_bytes: 0,
             stage_duration: Duration::from_millis(50),
             start_blocked: false,
+            database: None,
         }
     }
 }

@@ -136,6 +136,7 @@ pub(crate) struct Shared {
     pub version: SimVersion,
     pub backup_dir: PathBuf,
     pub payload_bytes: u64,
+    pub database: Option<Arc<Vec<u8>>>,
     pub stage_duration: Duration,
     pub user_id: String,
     pub instance_id: String,
@@ -203,6 +204,7 @@ impl Shared {
             version: opts.version,
             backup_dir: opts.backup_dir.clone(),
             payload_bytes: opts.payload_bytes,
+            database: opts.database.clone(),
             stage_duration: opts.stage_duration,
             user_id: random_hex(32),
             instance_id: random_hex(32),
@@ -655,6 +657,7 @@ impl Shared {
             password: None,
             instance_id: instance_id.unwrap_or(&self.instance_id),
             payload_bytes: 0,
+            database: self.database.as_deref().map(Vec::as_slice),
             supervisor: self.supervisor(),
             request_date: None,
         })?;
@@ -730,6 +733,7 @@ impl Job {
                     password: password.as_deref(),
                     instance_id: &shared.instance_id,
                     payload_bytes: payload,
+                    database: shared.database.as_deref().map(Vec::as_slice),
                     supervisor: shared.supervisor(),
                     request_date: shared.supervisor().then_some(date),
                 })
