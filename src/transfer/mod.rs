@@ -19,6 +19,7 @@ mod hostkey;
 mod http;
 mod pull;
 mod session;
+mod sha;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

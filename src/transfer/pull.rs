@@ -7,7 +7,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::digest;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
@@ -16,6 +15,7 @@ use russh_sftp::protocol::StatusCode;
 
 use super::disk::{self, DiskWriter};
 use super::session::Session;
+use super::sha::Sha256Thread;
 use super::{ByteObserver, PullOptions, PullOutcome, TransferError};
 
 /// Chunks queued between the network and the writer; bounds memory together with the read window.
@@ -115,7 +115,8 @@ pub(super) fn writer<O: ByteObserver>(
         .map_err(|e| TransferError::local("open", &partial, e))?;
     file.set_len(keep)
         .map_err(|e| TransferError::local("truncate", &partial, e))?;
-    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut sha = Sha256Thread::start().map_err(|e| TransferError::local("hash", &partial, e))?;
+    let hash_err = |e| TransferError::local("hash", &partial, e);
     let mut buf = vec![0u8; 1 << 20];
     let mut hashed = 0u64;
     while hashed < keep {
@@ -126,8 +127,9 @@ pub(super) fn writer<O: ByteObserver>(
             break;
         }
         let n = n.min(usize::try_from(keep - hashed).unwrap_or(n));
-        ctx.update(&buf[..n]);
-        observer.observe(Bytes::copy_from_slice(&buf[..n]));
+        let piece = Bytes::copy_from_slice(&buf[..n]);
+        sha.update(piece.clone()).map_err(hash_err)?;
+        observer.observe(piece);
         hashed += n as u64;
     }
     drop(buf);
@@ -139,16 +141,16 @@ pub(super) fn writer<O: ByteObserver>(
         "writing the download"
     );
     while let Some(chunk) = rx.blocking_recv() {
-        disk.write(&chunk)
+        let piece = Bytes::from(chunk);
+        sha.update(piece.clone()).map_err(hash_err)?;
+        disk.write(&piece)
             .map_err(|e| TransferError::local("write", &partial, e))?;
-        ctx.update(&chunk);
-        observer.observe(Bytes::from(chunk));
+        observer.observe(piece);
     }
     let total = disk
         .finish()
         .map_err(|e| TransferError::local("write and fsync", &partial, e))?;
-    let mut sha = [0u8; 32];
-    sha.copy_from_slice(ctx.finish().as_ref());
+    let sha = sha.finish().map_err(hash_err)?;
     Ok((sha, total, observer))
 }
 

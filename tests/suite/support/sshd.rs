@@ -62,12 +62,6 @@ fn free_port() -> u16 {
 }
 
 impl Sshd {
-    /// The listening sshd's process id (its exited session processes count in its children's CPU
-    /// time, which benchmarks read).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Starts sshd and waits until it accepts connections. Panics (test failure) if sshd is missing.
     pub fn start() -> Sshd {
         Sshd::start_with_host_key("ed25519")
