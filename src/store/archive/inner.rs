@@ -36,11 +36,11 @@ pub(crate) enum InnerFailure {
 pub(crate) enum InnerTar<B: BufRead> {
     Plain(B),
     Gz(MultiGzDecoder<B>),
-    Enc(BufReader<Decrypt<B>>),
-    EncGz(MultiGzDecoder<BufReader<Decrypt<B>>>),
+    Enc(Decrypt<B>),
+    EncGz(MultiGzDecoder<Decrypt<B>>),
     /// SecureTar v1 with gzip: inflated as raw deflate, because old writers put padding before the
     /// gzip trailer (see [`GzipTrailer`]).
-    LegacyGz(CrcReader<DeflateDecoder<BufReader<Decrypt<B>>>>),
+    LegacyGz(CrcReader<DeflateDecoder<Decrypt<B>>>),
 }
 
 /// Largest gzip header field (file name, comment, extra) accepted before the data.
@@ -66,7 +66,8 @@ impl<B: BufRead> InnerTar<B> {
         let plain = if gzip { Plain::Gzip } else { Plain::Tar };
         let dec = Decrypt::new(data, keys, plain).map_err(securetar_failure)?;
         let version = dec.version();
-        let buffered = BufReader::with_capacity(READ_BUFFER, dec);
+        // Decrypt is a BufRead: the decoders read straight from its buffer.
+        let buffered = dec;
         let stream = match (gzip, version) {
             (false, _) => InnerTar::Enc(buffered),
             (true, 1) => {

@@ -10,6 +10,7 @@ use super::{AES_BLOCK, CBC_BATCH, Decrypt, Mode, SecureTarError};
 
 impl<R: BufRead> Decrypt<R> {
     pub(super) fn refill_cbc(&mut self) -> Result<(), SecureTarError> {
+        self.out.clear();
         // The first batch must hold a tar header's magic (byte 257) for the password check.
         self.fill_cbuf(CBC_BATCH + AES_BLOCK)?;
         let Mode::Cbc { dec, strip_padding } = &mut self.mode else {

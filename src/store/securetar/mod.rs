@@ -230,7 +230,7 @@ impl<R: BufRead> Decrypt<R> {
         if self.finished {
             return Ok(false);
         }
-        self.out.clear();
+        // Each mode replaces `out` with the next plaintext; the stream mode reuses its memory.
         self.out_pos = 0;
         match &mut self.mode {
             Mode::Cbc { .. } => self.refill_cbc()?,
@@ -304,6 +304,23 @@ impl<R: BufRead> Read for Decrypt<R> {
         buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
         self.out_pos += n;
         Ok(n)
+    }
+}
+
+/// The plaintext is handed out from the decryption buffer itself, so a reader on top (the gzip
+/// decoder) needs no buffer and no copy of its own.
+impl<R: BufRead> BufRead for Decrypt<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.out_pos >= self.out.len() {
+            if !self.refill().map_err(SecureTarError::io)? {
+                return Ok(&[]);
+            }
+        }
+        Ok(&self.out[self.out_pos..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.out_pos = (self.out_pos + amount).min(self.out.len());
     }
 }
 

@@ -17,6 +17,8 @@ impl<R: BufRead> Decrypt<R> {
     pub(super) fn refill_stream(&mut self) -> Result<(), SecureTarError> {
         let chunk_ct = V3_CHUNK + V3_OVERHEAD;
         self.fill_cbuf(chunk_ct)?;
+        // Only the end and the errors below leave `out` without a new chunk: they leave it empty.
+        let keep = std::mem::take(&mut self.out);
         let Mode::Stream {
             state,
             final_seen,
@@ -46,7 +48,13 @@ impl<R: BufRead> Decrypt<R> {
             )));
         }
         let mut tag = 0u8;
-        self.out.resize(self.cbuf.len() - V3_OVERHEAD, 0);
+        // The previous chunk's buffer is reused as it is (it is overwritten): no clearing per chunk.
+        self.out = keep;
+        let need = self.cbuf.len() - V3_OVERHEAD;
+        if self.out.len() < need {
+            self.out.resize(need, 0);
+        }
+        self.out.truncate(need);
         let n = secretstream::crypto_secretstream_xchacha20poly1305_pull(
             state,
             &mut self.out,
