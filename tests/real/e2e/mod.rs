@@ -1059,7 +1059,10 @@ fn s24_http_download_cut_mid_way() {
         p["data"]["attempts"].as_u64().unwrap_or(0) >= 2,
         "the download needed a second attempt",
     );
-    let id = p["data"]["backup_id"].as_str().unwrap_or_default().to_string();
+    let id = p["data"]["backup_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let store = hapull::store::Store::open(&case.store).unwrap();
     let stored = store.find(&id).ok().flatten();
     case.check(
