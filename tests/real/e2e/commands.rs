@@ -420,3 +420,84 @@ fn s13_ha_restarting_at_a_scheduled_run_is_retried() {
     case.check(run.code == Some(0), "the daemon stopped cleanly on SIGTERM");
     case.finish();
 }
+
+#[test]
+#[ignore = "needs real Home Assistant and the lab sshd: scripts/e2e-real"]
+fn s25_daemon_deep_verifies_a_real_backup() {
+    e2e!();
+    let mut case = Case::new(
+        "25 `hapull run` with `deep_verify = \"every_cycle\"`",
+        "after the cycle commits, the daemon unpacks the real backup, checks its recorder database (when the backup has one) and every .storage file, records archive.deep_verified with each check passed, and reports healthy; no temporary folder left",
+    );
+    let state = case.dir.path().join("state.json");
+    case.configure(&Tweaks {
+        tail: format!(
+            "\n[schedule]\ncron = \"0 0 1 1 *\"\nrun_on_start = true\nstate_file = \"{}\"\n",
+            state.display()
+        ),
+        ..Tweaks::default()
+    });
+    let text = std::fs::read_to_string(&case.config).unwrap();
+    std::fs::write(
+        &case.config,
+        text.replacen(
+            "verify = \"full\"\n",
+            "verify = \"full\"\ndeep_verify = \"every_cycle\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let child = case.spawn(&["run"], "run");
+    let done = case.wait_for("the deep verification", 5 * MIN, || {
+        !case.audit_records("archive.deep_verified").is_empty()
+            || !case.audit_records("archive.deep_verify_failed").is_empty()
+            || !case.audit_records("archive.deep_verify_skipped").is_empty()
+    });
+    case.check(done, "the daemon deep-verified the committed backup");
+    let deep = case.audit_records("archive.deep_verified");
+    let checks = deep
+        .first()
+        .map(|r| r["data"]["checks"].clone())
+        .unwrap_or(Value::Null);
+    case.observe(format!("checks: {checks}"));
+    let result = |name: &str| {
+        checks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["check"] == name)
+            .map(|c| c["result"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    for name in ["archive", "unpack", "storage"] {
+        case.check(result(name) == "passed", format!("the {name} check passed"));
+    }
+    // The lab's Home Assistant runs without the recorder, so its backups hold no database; a
+    // database that is there must pass.
+    case.check(
+        matches!(result("database").as_str(), "passed" | "not_included"),
+        format!(
+            "the database check passed or found no database ({})",
+            result("database")
+        ),
+    );
+    let health = case.hapull(&["health"]);
+    case.observe(format!("hapull health: {}", health.verdict()));
+    case.check(health.code == Some(0), "`hapull health` reports healthy");
+    signal(child.id(), "TERM");
+    let run = case.collect(child, "run");
+    case.check(run.code == Some(0), "the daemon stopped cleanly on SIGTERM");
+    let leftovers: Vec<_> = std::fs::read_dir(&case.store)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.') && n.contains("deep"))
+                .collect()
+        })
+        .unwrap_or_default();
+    case.check(
+        leftovers.is_empty(),
+        format!("no temporary folder left in the store: {leftovers:?}"),
+    );
+    case.finish();
+}
