@@ -442,42 +442,24 @@ impl CycleJob {
     async fn notify_offsite_failure(&self, target: &str, error: &str) {
         let body =
             json!({"offsite_target": target, "error": error, "time": Timestamp::now().to_string()});
-        if self.notify_ha {
-            let _ = self
-                .ctx
-                .client
-                .fire_event("hapull_offsite_failed", body.clone())
-                .await;
-            let note = json!({"title": "hapull: offsite copy missing", "message": format!("The archive is committed locally, but the offsite copy to {target} failed: {error}"), "notification_id": format!("hapull_offsite_failed_{target}")});
-            if let Err(e) = self
-                .ctx
-                .client
-                .call_service(
-                    "persistent_notification",
-                    "create",
-                    note,
-                    false,
-                    Duration::from_secs(30),
-                )
-                .await
-            {
-                warn!(error = %e, "cannot create a persistent notification in Home Assistant");
-            }
-        }
-        if let Err(e) = self.notifier.failure(&body).await {
-            warn!(error = %e, "failure webhook failed");
-        }
+        let note = json!({"title": "hapull: offsite copy missing", "message": format!("The archive is committed locally, but the offsite copy to {target} failed: {error}"), "notification_id": format!("hapull_offsite_failed_{target}")});
+        self.alert("hapull_offsite_failed", &body, note).await;
     }
 
     async fn notify_failure(&self, error: &str) {
         let body = json!({"error": error, "time": Timestamp::now().to_string()});
+        let note = json!({"title": "hapull: backup not pulled", "message": format!("The last backup cycle failed: {error}"), "notification_id": "hapull_backup_failed"});
+        self.alert("hapull_backup_failed", &body, note).await;
+    }
+
+    /// A problem a person must hear of: an `event` in Home Assistant with `body` and a persistent
+    /// `note` there (when notifying HA is on), and `body` on the failure webhook. Failing to say it
+    /// is logged, never fatal.
+    async fn alert(&self, event: &str, body: &Value, note: Value) {
         if self.notify_ha {
-            let _ = self
-                .ctx
-                .client
-                .fire_event("hapull_backup_failed", body.clone())
-                .await;
-            let note = json!({"title": "hapull: backup not pulled", "message": format!("The last backup cycle failed: {error}"), "notification_id": "hapull_backup_failed"});
+            if let Err(e) = self.ctx.client.fire_event(event, body.clone()).await {
+                warn!(error = %e, event, "cannot fire the event in Home Assistant");
+            }
             if let Err(e) = self
                 .ctx
                 .client
@@ -493,7 +475,7 @@ impl CycleJob {
                 warn!(error = %e, "cannot create a persistent notification in Home Assistant");
             }
         }
-        if let Err(e) = self.notifier.failure(&body).await {
+        if let Err(e) = self.notifier.failure(body).await {
             warn!(error = %e, "failure webhook failed");
         }
     }

@@ -189,33 +189,10 @@ impl CycleJob {
     async fn notify_deep_failure(&self, backup_id: &str, path: &str, problems: &str) {
         let body = json!({"event": "deep_verify_failed", "backup_id": backup_id, "archive": path,
                           "error": problems, "time": Timestamp::now().to_string()});
-        if self.notify_ha {
-            let _ = self
-                .ctx
-                .client
-                .fire_event("hapull_deep_verify_failed", body.clone())
-                .await;
-            let note = json!({"title": "hapull: backup would not restore cleanly",
-                              "message": format!("The deep verification of backup {backup_id} found a problem: {problems}. The archive is kept; check Home Assistant's recorder database and .storage files."),
-                              "notification_id": "hapull_deep_verify_failed"});
-            if let Err(e) = self
-                .ctx
-                .client
-                .call_service(
-                    "persistent_notification",
-                    "create",
-                    note,
-                    false,
-                    Duration::from_secs(30),
-                )
-                .await
-            {
-                warn!(error = %e, "cannot create a persistent notification in Home Assistant");
-            }
-        }
-        if let Err(e) = self.notifier.failure(&body).await {
-            warn!(error = %e, "failure webhook failed");
-        }
+        let note = json!({"title": "hapull: backup would not restore cleanly",
+                          "message": format!("The deep verification of backup {backup_id} found a problem: {problems}. The archive is kept; check Home Assistant's recorder database and .storage files."),
+                          "notification_id": "hapull_deep_verify_failed"});
+        self.alert("hapull_deep_verify_failed", &body, note).await;
     }
 }
 
