@@ -148,7 +148,14 @@ impl IoThread {
         Ok(())
     }
 
-    fn stopped(&self) -> std::io::Error {
+    /// Why the thread stopped: the write error it handed back (a full disk, an I/O error), which
+    /// may still be waiting in the queue of returned blocks.
+    fn stopped(&mut self) -> std::io::Error {
+        while let Ok(result) = self.empty.try_recv() {
+            if let Err(e) = result {
+                return e;
+            }
+        }
         std::io::Error::other("the disk writer thread stopped")
     }
 }
@@ -333,6 +340,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_full_disk_is_reported_as_such_not_as_a_stopped_thread() {
+        // /dev/full refuses every write with ENOSPC, direct or not.
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+            return;
+        };
+        let mut w = DiskWriter::new(file, Path::new("/dev/full"), 0).unwrap();
+        let data = vec![1u8; 5 * BLOCK];
+        let err = match w.write(&data) {
+            Err(e) => e,
+            Ok(()) => w.finish().unwrap_err(),
+        };
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    }
+
+    #[test]
+    fn a_failed_block_write_is_the_error_later_calls_give() {
+        let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+            return;
+        };
+        let mut io =
+            IoThread::start(full.try_clone().unwrap(), full, PathBuf::from("/dev/full")).unwrap();
+        let mut block = Block::new();
+        block.fill(&[1u8; 4096]);
+        io.submit(0, block).unwrap();
+        // The thread writes, fails and ends; whatever is asked of it next says why.
+        if let Some(t) = io.thread.take() {
+            t.join().unwrap();
+        }
+        let err = io.submit(4096, Block::new()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     }
 
     #[test]
