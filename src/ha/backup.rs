@@ -468,7 +468,9 @@ impl Client {
     }
 
     /// The backup id a Supervisor job produced (`supervisor/api` `GET /jobs/<id>`, field `reference`):
-    /// `Some` once the job is done and names one, `None` while it runs or when it names none.
+    /// `Some` once the job is done without errors and names one; `None` while it runs, when it
+    /// names none, or when it failed (the Supervisor names the backup at the job's start, so a
+    /// failed job can carry a reference to a backup that was never finished).
     pub async fn supervisor_job_reference(&self, job_id: &str) -> Result<Option<String>, HaError> {
         if job_id.is_empty()
             || !job_id
@@ -483,7 +485,10 @@ impl Client {
         let v = self
             .call(json!({"type": "supervisor/api", "endpoint": format!("/jobs/{job_id}"), "method": "get"}))
             .await?;
-        let done = v.get("done").and_then(Value::as_bool).unwrap_or(false);
+        let done = v.get("done").and_then(Value::as_bool).unwrap_or(false)
+            && v.get("errors")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty);
         Ok(v.get("reference")
             .and_then(Value::as_str)
             .filter(|r| done && !r.is_empty())

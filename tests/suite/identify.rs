@@ -164,6 +164,12 @@ async fn an_unreachable_supervisor_falls_back_to_name_date_and_instance() {
     fallback_identifies_our_new_backup(true, JobAnswer::Unreachable).await;
 }
 
+/// A job that ended with errors still names the backup it started: that name is not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_jobs_reference_is_not_taken_for_a_finished_backup() {
+    fallback_identifies_our_new_backup(false, JobAnswer::Failed).await;
+}
+
 /// With `keep_on_ha = 0` none of hapull's backups stays listed to show which instance is this one:
 /// the instance is remembered from the last backup identified for certain, and a newer backup of the
 /// same name from another instance is still not taken.

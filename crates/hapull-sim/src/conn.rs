@@ -618,7 +618,9 @@ impl Conn {
             }
             // As after a Supervisor restart: it keeps no jobs.
             super::JobAnswer::UnknownJob => None,
-            super::JobAnswer::Reference | super::JobAnswer::NoReference => known,
+            super::JobAnswer::Reference
+            | super::JobAnswer::NoReference
+            | super::JobAnswer::Failed => known,
         };
         match (job, known) {
             (Some(job), Some(made)) => {
@@ -636,7 +638,11 @@ impl Conn {
                         "progress": if done { 100 } else { 0 },
                         "stage": if done { Value::Null } else { json!("home_assistant") },
                         "done": done,
-                        "errors": [],
+                        "errors": if answer == super::JobAnswer::Failed {
+                            json!([{"type": "BackupError", "message": "Backup failed", "stage": null}])
+                        } else {
+                            json!([])
+                        },
                         "created": "2026-11-26T09:07:39.253410+00:00",
                         "child_jobs": [],
                         "extra": null,

@@ -139,6 +139,9 @@ pub enum JobAnswer {
     UnknownJob,
     /// An error: the Supervisor cannot be reached.
     Unreachable,
+    /// The job, done, naming its backup but with errors: the Supervisor names the backup when the
+    /// job starts, so a failed job still carries a reference.
+    Failed,
 }
 
 /// Bad frames the server can push to every authenticated client.
