@@ -73,8 +73,6 @@ impl ByteObserver for Feed {
 
 /// Child mode: one verified pull and commit; prints the figures.
 fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    // As the hapull binary does.
-    hapull::tune_allocator();
     let [port, user, key, kh, remote, store_dir, id, size, pw] = args else {
         return Err("bad child arguments".into());
     };

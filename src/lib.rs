@@ -18,17 +18,12 @@ pub mod service;
 pub mod store;
 pub mod transfer;
 
-/// Tunes the C allocator for hapull's traffic, once, before any thread starts. A pull allocates and
-/// frees a few hundred kilobytes for every SFTP answer; above glibc's default threshold each of those
-/// is a fresh `mmap`, so every byte of a backup would also cost a page fault and a page clearing, and
-/// every free an `munmap`. Serving them from the heap, and letting it keep a little freed memory,
-/// saves that work (measured with `examples/bench_verified_pull`). Memory use stays bounded by the
-/// transfer's own queues.
-pub fn tune_allocator() {
+/// Gives memory freed since the last call back to the system: a daemon that waits an hour between
+/// cycles should not hold on to what the last pull used.
+pub fn release_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
+    // SAFETY: malloc_trim only returns free memory to the system; any thread may call it.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+        libc::malloc_trim(0);
     }
 }

@@ -10,7 +10,6 @@ use hapull::cli::{Cli, Command};
 mod demo;
 
 fn main() -> ExitCode {
-    hapull::tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = hapull::cli::init_tracing(&cli.global) {
         eprintln!("hapull: {e}");

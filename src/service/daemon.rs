@@ -332,6 +332,8 @@ impl CycleJob {
                 info!(attempts, error = %error, "shutting down while waiting to retry the failed cycle");
             }
         }
+        // Between cycles the daemon only waits: give the pull's buffers back to the system.
+        crate::release_memory();
     }
 
     /// One run of the cycle, counted in the metrics.
