@@ -3,12 +3,12 @@
 //! and checking that nothing but the expected trailer follows. Shared by verification and
 //! extraction. It never writes anything; decrypted data lives only in bounded buffers.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, Read};
 
 use flate2::CrcReader;
 use flate2::bufread::{DeflateDecoder, MultiGzDecoder};
 
-use super::{ArchiveError, READ_BUFFER, plain_name};
+use super::{ArchiveError, plain_name};
 use crate::store::securetar::{Decrypt, GzipTrailer, Keys, Plain, SecureTarError};
 use crate::store::tar_stream::{Member, TarError, TarStream, shown};
 
@@ -190,15 +190,15 @@ fn skip_gzip_header<R: BufRead>(r: &mut R) -> Result<(), InnerFailure> {
 /// Reads an inner archive member to its end: decrypt (protected backups), gunzip (when `gzip`) and
 /// walk its tar headers, skipping file data. A short outer file is reported as outer truncation, not
 /// as inner corruption. Returns the SecureTar version of an encrypted member.
-pub(super) fn check_inner<R: Read>(
+pub(super) fn check_inner<R: BufRead>(
     outer: &mut TarStream<R>,
     member: &Member,
     gzip: bool,
     keys: Option<&mut Keys>,
 ) -> Result<Option<u8>, ArchiveError> {
     let result = (|| {
-        let data = BufReader::with_capacity(READ_BUFFER, outer.data());
-        let (stream, version) = InnerTar::open(data, gzip, keys)?;
+        // The outer stream is buffered: the member's data is read straight from its buffer.
+        let (stream, version) = InnerTar::open(outer.data(), gzip, keys)?;
         let mut tar = TarStream::new(stream);
         walk(&mut tar).map_err(|e| describe_inner(e, gzip))?;
         tar.into_inner().finish()?;
