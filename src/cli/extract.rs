@@ -43,7 +43,8 @@ pub async fn run(global: &Global, args: ExtractArgs) -> anyhow::Result<ExitCode>
                 args.archive
             )
         })?;
-        let store = crate::service::open_store(cfg)?;
+        // Only reads: no repair that could race a writer (the daemon committing).
+        let store = crate::service::open_store_read_only(cfg)?;
         store
             .find(&args.archive)?
             .with_context(|| {

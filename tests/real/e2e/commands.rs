@@ -83,7 +83,7 @@ fn s10_protected_backup_through_a_cycle() {
         committed.iter().any(|(c, ok)| *c == id && *ok),
         "the protected archive is committed and verified",
     );
-    let store = hapull::store::Store::open(&case.store).unwrap();
+    let store = hapull::store::Store::open_read_only(&case.store).unwrap();
     let protected = store
         .find(&id)
         .ok()

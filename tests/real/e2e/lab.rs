@@ -442,7 +442,8 @@ impl Case {
     /// The archives in the store that look complete (have a final name), with the backup id of
     /// each and whether it re-hashes to its manifest.
     pub fn committed(&self) -> Vec<(String, bool)> {
-        let Ok(store) = Store::open(&self.store) else {
+        // Read-only: hapull may be committing right now, and a repairing open would race it.
+        let Ok(store) = Store::open_read_only(&self.store) else {
             return Vec::new();
         };
         let Ok(listing) = store.scan() else {

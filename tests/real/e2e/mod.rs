@@ -1063,7 +1063,7 @@ fn s24_http_download_cut_mid_way() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let store = hapull::store::Store::open(&case.store).unwrap();
+    let store = hapull::store::Store::open_read_only(&case.store).unwrap();
     let stored = store.find(&id).ok().flatten();
     case.check(
         stored
