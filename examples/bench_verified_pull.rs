@@ -57,10 +57,16 @@ struct Feed {
     seen: u64,
     size: u64,
     last_byte: Arc<Mutex<Option<Instant>>>,
+    first_byte: Arc<Mutex<Option<Instant>>>,
 }
 
 impl ByteObserver for Feed {
     fn observe(&mut self, bytes: Bytes) {
+        if self.seen == 0
+            && let Ok(mut t) = self.first_byte.lock()
+        {
+            *t = Some(Instant::now());
+        }
         self.seen += bytes.len() as u64;
         self.verifier.feed(bytes);
         if self.seen == self.size
@@ -105,6 +111,12 @@ fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     {
         opts.session.outstanding_reads = v;
     }
+    if let Some(v) = std::env::var("BENCH_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.session.window_size = v;
+    }
     let keys = (pw != "-")
         .then(|| std::fs::read_to_string(pw))
         .transpose()?
@@ -123,7 +135,22 @@ fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(store_dir)?;
     let local = store.incoming_path(id)?;
     let identity = transfer::load_identity(Path::new(key), None)?;
+    if std::env::var_os("BENCH_PHASES").is_some() {
+        eprintln!(
+            "phases: store and key ready at {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
+        let t = Instant::now();
+        let s = rt.block_on(transfer::Session::connect_with(
+            &target,
+            &identity,
+            &opts.session,
+        ))?;
+        eprintln!("phases: a session takes {:.3} s", t.elapsed().as_secs_f64());
+        rt.block_on(s.close());
+    }
     let last_byte = Arc::new(Mutex::new(None));
+    let first_byte = Arc::new(Mutex::new(None));
     let (outcome, feed) = rt.block_on(transfer::pull_observed(
         &target,
         &identity,
@@ -135,6 +162,7 @@ fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             seen: 0,
             size,
             last_byte: last_byte.clone(),
+            first_byte: first_byte.clone(),
         },
     ))?;
     let summary = feed.verifier.finish()?;
@@ -158,6 +186,20 @@ fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|t| *t)
         .map_or(f64::NAN, |t| (done - t).as_secs_f64());
+    if std::env::var_os("BENCH_PHASES").is_some() {
+        let at = |t: &Arc<Mutex<Option<Instant>>>| {
+            t.lock()
+                .ok()
+                .and_then(|t| *t)
+                .map_or(f64::NAN, |t| (t - started).as_secs_f64())
+        };
+        eprintln!(
+            "phases: first byte at {:.3} s, last byte at {:.3} s, committed at {:.3} s",
+            at(&first_byte),
+            at(&last_byte),
+            (done - started).as_secs_f64()
+        );
+    }
     println!(
         "RESULT {} {} {} {} {} {}",
         (done - started).as_secs_f64(),

@@ -12,6 +12,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod ha;
 pub mod offsite;
+mod pieces;
 pub mod private_fs;
 pub mod secret;
 pub mod service;

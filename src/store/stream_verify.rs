@@ -7,23 +7,23 @@
 //! decrypted and inflated data only passes through memory. This module knows nothing of where the
 //! bytes come from.
 
-use std::io::{self, Read};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::io;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 
-use super::archive::{ArchiveError, ArchiveSummary, Verify, VerifyOptions, verify_reader_with};
+use super::archive::{ArchiveError, ArchiveSummary, Verify, VerifyOptions, verify_buffered_with};
 use super::securetar::Keys;
+use crate::pieces::{self, PieceSender};
 
-/// Pieces queued ahead of the verifier (each as large as one network read).
-const QUEUE: usize = 16;
+/// Batches of pieces (about a MiB each) queued ahead of the verifier.
+const QUEUE: usize = 4;
 
 /// A verification running beside a download. Feed it every byte of the file, in order, then
 /// [`StreamVerifier::finish`].
 pub struct StreamVerifier {
-    tx: Option<SyncSender<Bytes>>,
+    tx: Option<PieceSender>,
     handle: Option<JoinHandle<Result<ArchiveSummary, ArchiveError>>>,
 }
 
@@ -32,15 +32,11 @@ impl StreamVerifier {
     /// backup's inner archives are decrypted and read too (the keys are shared so that the Argon2
     /// root key is derived once per backup, across retries).
     pub fn start(expected_id: &str, mode: Verify, keys: Option<Arc<Mutex<Keys>>>) -> Self {
-        let (tx, rx) = sync_channel::<Bytes>(QUEUE);
+        let (tx, reader) = pieces::channel(QUEUE);
         let expected_id = expected_id.to_owned();
         let handle = std::thread::Builder::new()
             .name("hapull-verify".to_owned())
             .spawn(move || {
-                let reader = ChannelReader {
-                    rx,
-                    current: Bytes::new(),
-                };
                 let mut guard = keys.as_ref().map(|k| k.lock());
                 let keys = match &mut guard {
                     Some(Ok(g)) => Some(&mut **g),
@@ -49,7 +45,7 @@ impl StreamVerifier {
                     Some(Err(poisoned)) => Some(&mut **poisoned.get_mut()),
                     None => None,
                 };
-                let result = verify_reader_with(
+                let result = verify_buffered_with(
                     reader,
                     &expected_id,
                     VerifyOptions {
@@ -69,10 +65,9 @@ impl StreamVerifier {
             },
             Err(e) => {
                 // No thread: report the failure from finish().
-                let (dead_tx, _) = sync_channel(0);
                 drop(tx);
                 StreamVerifier {
-                    tx: Some(dead_tx),
+                    tx: None,
                     handle: Some(std::thread::spawn(move || {
                         Err(ArchiveError::Open {
                             path: "(verifier thread)".to_owned(),
@@ -87,24 +82,17 @@ impl StreamVerifier {
     /// The next bytes of the file. Blocks while the verifier is behind by a full queue; once the
     /// verifier has stopped (it found a problem), bytes are dropped.
     pub fn feed(&mut self, bytes: Bytes) {
-        if bytes.is_empty() {
-            return;
-        }
-        if let Some(tx) = &self.tx {
-            let sent = match tx.try_send(bytes) {
-                Ok(()) => Ok(()),
-                Err(TrySendError::Full(bytes)) => tx.send(bytes).map_err(|_| ()),
-                Err(TrySendError::Disconnected(_)) => Err(()),
-            };
-            if sent.is_err() {
-                self.tx = None;
-            }
+        if let Some(tx) = &mut self.tx
+            && tx.send(bytes).is_err()
+        {
+            self.tx = None;
         }
     }
 
     /// Ends the stream and returns what the verifier proved, or why the archive is not intact.
     pub fn finish(mut self) -> Result<ArchiveSummary, ArchiveError> {
-        self.tx = None;
+        // A verifier that stopped early has its reason; a short stream is found short.
+        let _ = self.tx.take().map(PieceSender::close);
         match self.handle.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             _ => Err(ArchiveError::Open {
@@ -120,28 +108,6 @@ impl Drop for StreamVerifier {
         // An abandoned verification (a failed attempt) ends when its input does; not joined, so
         // dropping never waits.
         self.tx = None;
-    }
-}
-
-struct ChannelReader {
-    rx: Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        while !self.current.has_remaining() {
-            match self.rx.recv() {
-                Ok(b) => self.current = b,
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = self.current.remaining().min(buf.len());
-        self.current.copy_to_slice(&mut buf[..n]);
-        Ok(n)
     }
 }
 

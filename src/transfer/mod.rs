@@ -17,6 +17,7 @@ mod disk;
 mod error;
 mod hostkey;
 mod http;
+mod link;
 mod pull;
 mod session;
 mod sha;

@@ -4,23 +4,24 @@
 //!
 //! What it must not do: see the bytes out of order, or give a digest unless it saw every byte.
 
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use aws_lc_rs::digest;
 use bytes::Bytes;
 
-/// Pieces queued ahead of the hasher (each as large as one network read).
-const QUEUE: usize = 16;
+use crate::pieces::{self, PieceSender};
+
+/// Batches of pieces (about a MiB each) queued ahead of the hasher.
+const QUEUE: usize = 4;
 
 pub(crate) struct Sha256Thread {
-    tx: Option<SyncSender<Bytes>>,
+    tx: Option<PieceSender>,
     thread: Option<JoinHandle<[u8; 32]>>,
 }
 
 impl Sha256Thread {
     pub(crate) fn start() -> std::io::Result<Self> {
-        let (tx, rx): (SyncSender<Bytes>, Receiver<Bytes>) = sync_channel(QUEUE);
+        let (tx, rx) = pieces::channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("hapull-sha256".into())
             .spawn(move || {
@@ -41,17 +42,17 @@ impl Sha256Thread {
     /// The next bytes of the file (shared, not copied). Waits while the hasher is a full queue
     /// behind.
     pub(crate) fn update(&mut self, piece: Bytes) -> std::io::Result<()> {
-        match &self.tx {
-            Some(tx) if tx.send(piece).is_ok() => Ok(()),
+        match self.tx.as_mut().map(|tx| tx.send(piece)) {
+            Some(Ok(())) => Ok(()),
             _ => Err(std::io::Error::other("the SHA-256 thread stopped")),
         }
     }
 
     /// The digest of everything given to [`Sha256Thread::update`].
     pub(crate) fn finish(mut self) -> std::io::Result<[u8; 32]> {
-        self.tx = None;
+        let closed = self.tx.take().map(PieceSender::close);
         match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(sha)) => Ok(sha),
+            Some(Ok(sha)) if matches!(closed, Some(Ok(()))) => Ok(sha),
             _ => Err(std::io::Error::other("the SHA-256 thread stopped")),
         }
     }
@@ -59,7 +60,7 @@ impl Sha256Thread {
 
 impl Drop for Sha256Thread {
     fn drop(&mut self) {
-        // An abandoned hash (a failed write) ends with its input.
+        // An abandoned hash (a failed write) ends with its input; what was gathered is not sent.
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -2,7 +2,7 @@
 //! whole file. It only reads; it never writes or changes a file.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
 use aws_lc_rs::digest;
@@ -15,6 +15,8 @@ pub(crate) struct HashingReader<R> {
     inner: R,
     ctx: Option<digest::Context>,
     count: u64,
+    /// Set if bytes were consumed that could not be hashed; every later read fails.
+    lost: bool,
 }
 
 impl<R> HashingReader<R> {
@@ -27,6 +29,7 @@ impl<R> HashingReader<R> {
             inner,
             ctx: hash.then(|| digest::Context::new(&digest::SHA256)),
             count: 0,
+            lost: false,
         }
     }
 
@@ -39,28 +42,84 @@ impl<R> HashingReader<R> {
     }
 }
 
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(ctx) = &mut self.ctx {
-            ctx.update(&buf[..n]);
+impl<R: BufRead> BufRead for HashingReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.lost {
+            return Err(io::Error::other(
+                "the hash lost track of the bytes read (the reader failed mid-buffer)",
+            ));
         }
-        self.count += n as u64;
-        Ok(n)
+        self.inner.fill_buf()
+    }
+
+    /// Hashes exactly the bytes consumed, straight from the inner reader's buffer.
+    fn consume(&mut self, amt: usize) {
+        if amt == 0 {
+            return;
+        }
+        if let Some(ctx) = &mut self.ctx {
+            // The bytes being consumed are the start of the buffer the last fill_buf returned; a
+            // filled buffer is returned again without reading.
+            match self.inner.fill_buf() {
+                Ok(buf) if buf.len() >= amt => ctx.update(&buf[..amt]),
+                _ => self.lost = true,
+            }
+        }
+        self.inner.consume(amt);
+        self.count += amt as u64;
+    }
+}
+
+impl<R: BufRead> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        crate::pieces::read_buffered(self, buf)
     }
 }
 
 /// Size and SHA-256 of a whole file, streamed.
 pub(crate) fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32])> {
-    let mut reader = HashingReader::new(File::open(path)?);
-    let mut buf = vec![0u8; READ_BUFFER];
+    let mut reader = HashingReader::new(BufReader::with_capacity(READ_BUFFER, File::open(path)?));
     loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        let n = match reader.fill_buf() {
+            Ok(buf) => buf.len(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
         }
+        reader.consume(n);
     }
     Ok(reader.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_exactly_the_bytes_consumed_however_they_are_read() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
+        let want = digest::digest(&digest::SHA256, &data);
+        // Small buffer under it, reads of odd sizes mixed with partial consumes.
+        let mut r = HashingReader::new(BufReader::with_capacity(4096, &data[..]));
+        let mut buf = [0u8; 777];
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            let have = r.fill_buf().unwrap().len();
+            r.consume(have.min(1000));
+        }
+        let (count, sha) = r.finish();
+        assert_eq!(count, data.len() as u64);
+        assert_eq!(sha.as_slice(), want.as_ref());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, &data).unwrap();
+        let (size, sha) = hash_file(&path).unwrap();
+        assert_eq!((size, sha.as_slice()), (data.len() as u64, want.as_ref()));
+    }
 }

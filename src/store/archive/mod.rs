@@ -7,7 +7,7 @@
 //! allocation or a file written anywhere. This module never extracts, never writes and never deletes.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
 use jiff::Timestamp;
@@ -270,13 +270,26 @@ pub fn verify_reader_with<R: Read>(
     expected_id: &str,
     opts: VerifyOptions<'_>,
 ) -> Result<ArchiveSummary, ArchiveError> {
+    verify_buffered_with(
+        BufReader::with_capacity(READ_BUFFER, reader),
+        expected_id,
+        opts,
+    )
+}
+
+/// [`verify_reader_with`] for a reader that has its own buffer (the bytes are read in place, with
+/// no copy into another).
+pub(crate) fn verify_buffered_with<R: BufRead>(
+    reader: R,
+    expected_id: &str,
+    opts: VerifyOptions<'_>,
+) -> Result<ArchiveSummary, ArchiveError> {
     let VerifyOptions {
         mode,
         mut keys,
         hash,
     } = opts;
-    let hashing = HashingReader::with_hash(reader, hash);
-    let mut tar = TarStream::new(BufReader::with_capacity(READ_BUFFER, hashing));
+    let mut tar = TarStream::new(HashingReader::with_hash(reader, hash));
 
     let first = tar
         .next_member()
@@ -340,8 +353,7 @@ pub fn verify_reader_with<R: Read>(
         });
     }
 
-    let hashing = tar.into_inner().into_inner();
-    let (size, sha256) = hashing.finish();
+    let (size, sha256) = tar.into_inner().finish();
     Ok(ArchiveSummary {
         backup,
         size,
