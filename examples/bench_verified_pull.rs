@@ -111,6 +111,12 @@ fn child(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     {
         opts.session.outstanding_reads = v;
     }
+    if let Some(v) = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts.connections = v;
+    }
     if let Some(v) = std::env::var("BENCH_WINDOW")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -170,6 +170,7 @@ pub struct Ssh {
     pub remote_dir: Option<String>,
     pub bandwidth_limit: Option<String>,
     pub connect_timeout: Option<String>,
+    pub connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -171,6 +171,15 @@ impl Validator<'_> {
             "connect_timeout",
             r.connect_timeout.as_deref().unwrap_or("30s"),
         )?;
+        let connections = r.connections.unwrap_or(2);
+        let most = crate::transfer::MAX_CONNECTIONS;
+        if !(1..=most).contains(&connections) {
+            return Err(self.err(
+                S,
+                "connections",
+                format!("{connections} is not between 1 and {most}"),
+            ));
+        }
         Ok(Ssh {
             host,
             port: r.port.unwrap_or(22),
@@ -181,6 +190,7 @@ impl Validator<'_> {
             remote_dir,
             bandwidth_limit,
             connect_timeout,
+            connections,
         })
     }
 

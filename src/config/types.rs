@@ -65,6 +65,8 @@ pub struct Ssh {
     pub remote_dir: String,
     pub bandwidth_limit: Option<u64>,
     pub connect_timeout: Duration,
+    /// SSH connections per pull (1 to `transfer::MAX_CONNECTIONS`).
+    pub connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

@@ -159,7 +159,7 @@ pub fn client_options(cfg: &Config, reconnect: bool) -> Result<ClientOptions, Se
 }
 
 pub fn settings(cfg: &Config, progress: bool) -> Result<Settings, ServiceError> {
-    let (bandwidth_limit, connect_timeout, remote_dir) = match cfg.transfer.via {
+    let (bandwidth_limit, connect_timeout, remote_dir, connections) = match cfg.transfer.via {
         Via::Sftp => {
             let ssh = cfg.ssh.as_ref().ok_or_else(|| {
                 ServiceError::Config(format!(
@@ -172,6 +172,7 @@ pub fn settings(cfg: &Config, progress: bool) -> Result<Settings, ServiceError> 
                 ssh.bandwidth_limit,
                 ssh.connect_timeout,
                 ssh.remote_dir.clone(),
+                ssh.connections,
             )
         }
         Via::Http => {
@@ -187,12 +188,14 @@ pub fn settings(cfg: &Config, progress: bool) -> Result<Settings, ServiceError> 
                 cfg.transfer.bandwidth_limit,
                 cfg.transfer.connect_timeout,
                 String::new(),
+                1,
             )
         }
     };
     let mut pull = PullOptions {
         bandwidth_limit,
         progress,
+        connections,
         ..PullOptions::default()
     };
     pull.session.connect_timeout = connect_timeout;

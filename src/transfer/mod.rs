@@ -66,6 +66,12 @@ pub struct PullOptions {
     pub bandwidth_limit: Option<u64>,
     /// Draw a progress bar when stderr is a terminal (otherwise progress goes to tracing).
     pub progress: bool,
+    /// SSH connections one pull uses, reading the file in turns (at least 1). OpenSSH's sshd serves
+    /// each connection with one process that encrypts all it sends, so on a server with more than
+    /// one core a second connection sends faster (and here, where hapull and sshd share two cores,
+    /// it made a 1 GiB pull about 8 % faster: examples/bench_verified_pull). Extra connections are
+    /// a bonus: one that cannot be made leaves the pull to the others.
+    pub connections: usize,
     /// Connection tuning.
     pub session: SessionOptions,
 }
@@ -80,6 +86,7 @@ impl Default for PullOptions {
             free_space_margin: 64 * 1024 * 1024,
             bandwidth_limit: None,
             progress: false,
+            connections: 2,
             session: SessionOptions::default(),
         }
     }
@@ -160,8 +167,11 @@ pub async fn pull_observed<O: ByteObserver>(
     let attempts = AtomicU32::new(0);
     let attempt = || async {
         attempts.fetch_add(1, Ordering::Relaxed);
-        let session = Session::connect_with(target, identity, &opts.session).await?;
-        let result = pull::pull_once(&session, remote, local, opts, new_observer()).await;
+        let (session, helpers) = connect_all(target, identity, opts).await?;
+        let result = pull::pull_once(&session, &helpers, remote, local, opts, new_observer()).await;
+        for helper in helpers {
+            helper.close().await;
+        }
         session.close().await;
         result
     };
@@ -191,4 +201,59 @@ pub async fn pull_observed<O: ByteObserver>(
         }),
         Err(e) => Err(e),
     }
+}
+
+/// Most connections one pull opens.
+pub const MAX_CONNECTIONS: usize = 4;
+
+/// The pull's connections, all made at once: the main one and as many of the extra ones as could be
+/// made. Only the main connection may record a host key met for the first time: the extra ones are
+/// checked against what is already known, and one that meets an unknown key is simply not used. If
+/// only an extra connection got through (a server that takes one connection at a time), it becomes
+/// the main one; with none, the main connection's error is the answer.
+async fn connect_all(
+    target: &SshTarget,
+    identity: &Identity,
+    opts: &PullOptions,
+) -> Result<(Session, Vec<Session>), TransferError> {
+    let mut helper_target = target.clone();
+    if let HostKeyPolicy::KnownHosts {
+        trust_on_first_use, ..
+    } = &mut helper_target.host_keys
+    {
+        *trust_on_first_use = false;
+    }
+    let extra = opts.connections.clamp(1, MAX_CONNECTIONS) - 1;
+    let helpers = futures_util::future::join_all(
+        (0..extra).map(|_| Session::connect_with(&helper_target, identity, &opts.session)),
+    );
+    let (main, helpers) = tokio::join!(
+        Session::connect_with(target, identity, &opts.session),
+        helpers
+    );
+    let mut extras = Vec::with_capacity(extra);
+    for helper in helpers {
+        match helper {
+            Ok(s) => extras.push(s),
+            Err(e) => tracing::info!(
+                host = %target.host,
+                error = %e,
+                "an extra SSH connection could not be made; the pull goes on over the others \
+                 (set [ssh] connections = 1 to stop trying)"
+            ),
+        }
+    }
+    let main = match main {
+        Ok(s) => s,
+        Err(e) if extras.is_empty() => return Err(e),
+        Err(e) => {
+            tracing::info!(
+                host = %target.host,
+                error = %e,
+                "one SSH connection could not be made; the pull goes on over the others"
+            );
+            extras.remove(0)
+        }
+    };
+    Ok((main, extras))
 }

@@ -208,22 +208,47 @@ impl Progress {
     }
 }
 
+/// One attempt: `s` checks, sizes and reads the file; each of `helpers` (extra connections to the
+/// same server) opens it too and takes its turn at the reads.
 pub(crate) async fn pull_once<O: ByteObserver>(
     s: &Session,
+    helpers: &[Session],
     remote: &str,
     local: &Path,
     opts: &PullOptions,
     observer: O,
 ) -> Result<(PullOutcome, O), TransferError> {
     let handle = s.open_read(remote).await?;
-    let result = pull_open(s, &handle, remote, local, opts, observer).await;
-    let _ = s.sftp.close(handle).await;
+    let mut readers = vec![Reader {
+        session: s,
+        handle: handle.clone(),
+    }];
+    for h in helpers {
+        match h.open_read(remote).await {
+            Ok(handle) => readers.push(Reader { session: h, handle }),
+            // The main connection opened it: a helper that cannot is simply left out.
+            Err(e) => {
+                tracing::debug!(remote, error = %e, "an extra connection cannot open the file")
+            }
+        }
+    }
+    let result = pull_open(s, &handle, &readers, remote, local, opts, observer).await;
+    for r in &readers {
+        let _ = r.session.sftp.close(r.handle.clone()).await;
+    }
     result
+}
+
+/// A connection with the file open on it.
+struct Reader<'a> {
+    session: &'a Session,
+    handle: String,
 }
 
 async fn pull_open<O: ByteObserver>(
     s: &Session,
     handle: &str,
+    readers: &[Reader<'_>],
     remote: &str,
     local: &Path,
     opts: &PullOptions,
@@ -287,7 +312,7 @@ async fn pull_open<O: ByteObserver>(
     let partial = paths.partial.clone();
     let writer = tokio::task::spawn_blocking(move || writer(partial, keep, rx, observer));
 
-    let fetched = fetch(s, handle, remote, keep, size, opts, tx).await;
+    let fetched = fetch(readers, remote, keep, size, opts, tx).await;
     let written = writer.await.map_err(|e| {
         TransferError::local(
             "write",
@@ -340,10 +365,11 @@ async fn pull_open<O: ByteObserver>(
     ))
 }
 
-/// Keeps `s.outstanding` reads in flight and hands the answers, in file order, to the writer.
+/// Keeps `outstanding` reads in flight and hands the answers, in file order, to the writer. The
+/// reads go to the connections in turn (read `k` to connection `k mod n`), so each server process
+/// sends its share while the answers are still taken in order.
 async fn fetch(
-    s: &Session,
-    handle: &str,
+    readers: &[Reader<'_>],
     remote: &str,
     start: u64,
     size: u64,
@@ -355,7 +381,12 @@ async fn fetch(
     let mut next = start;
     let mut done = start;
     let mut inflight = FuturesOrdered::new();
+    let Some(first) = readers.first() else {
+        return Ok(());
+    };
+    let (s, handle) = (first.session, first.handle.as_str());
     let chunk = u64::from(s.read_size);
+    let mut turn = readers.iter().cycle();
     loop {
         while inflight.len() < s.outstanding && next < size {
             if let Some(limit) = opts.bandwidth_limit.filter(|l| *l > 0) {
@@ -363,8 +394,9 @@ async fn fetch(
                 tokio::time::sleep_until(clock + due).await;
             }
             let len = (size - next).min(chunk) as u32;
-            let sftp = s.sftp.clone();
-            let h = handle.to_string();
+            let Some(reader) = turn.next() else { break };
+            let sftp = reader.session.sftp.clone();
+            let h = reader.handle.clone();
             let off = next;
             inflight.push_back(async move { (off, len, sftp.read(h, off, len).await) });
             next += u64::from(len);

@@ -621,7 +621,7 @@ impl Session {
         opts: &super::PullOptions,
     ) -> Result<super::PullOutcome, TransferError> {
         let started = std::time::Instant::now();
-        let (mut outcome, ()) = super::pull::pull_once(self, remote, local, opts, ()).await?;
+        let (mut outcome, ()) = super::pull::pull_once(self, &[], remote, local, opts, ()).await?;
         outcome.duration = started.elapsed();
         Ok(outcome)
     }

@@ -10,6 +10,7 @@ mod audit;
 mod audit_recovery;
 mod commands;
 mod completions;
+mod connections;
 mod cycle;
 mod daemon;
 mod daemon_process;

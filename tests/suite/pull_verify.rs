@@ -7,12 +7,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::relay::Relay;
 use crate::support::sshd::Sshd;
 use bytes::Bytes;
 use hapull::secret::Secret;
 use hapull::store::{ArchiveError, CommitInfo, Keys, Level, Store, StreamVerifier, Verify};
 use hapull::transfer::{self, ByteObserver, HostKeyPolicy, PullOptions, SessionOptions, SshTarget};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Feed(StreamVerifier);
 
@@ -82,55 +82,12 @@ fn ha_backup(path: &Path, slug: &str, len: usize) {
     std::fs::write(path, b.into_inner().unwrap()).unwrap();
 }
 
-/// Forwards TCP to `upstream`; the first connection is cut after `cut_after` bytes from the server.
-async fn cutting_proxy(upstream: u16, cut_after: usize) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
-            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
-                return;
-            };
-            let limit = if first { Some(cut_after) } else { None };
-            first = false;
-            tokio::spawn(async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                });
-                let mut sent = 0usize;
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match sr.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if cw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    sent += n;
-                    if limit.is_some_and(|l| sent >= l) {
-                        break;
-                    }
-                }
-                up.abort();
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test]
 async fn a_resumed_pull_is_verified_in_one_pass_and_committed_without_a_reread() {
     let sshd = Sshd::start();
     let src = sshd.remote_dir().join("b.tar");
     ha_backup(&src, "feed0001", 24 * 1024 * 1024);
-    let proxy = cutting_proxy(sshd.port, 8 * 1024 * 1024).await;
+    let proxy = Relay::cutting(sshd.port, 8 * 1024 * 1024).await.port;
     let store_dir = tempfile::tempdir().unwrap();
     let store = Store::open(store_dir.path()).unwrap();
     let local = store.incoming_path("feed0001").unwrap();

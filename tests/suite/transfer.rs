@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::relay::Relay;
 use crate::support::sshd::{Sshd, generate_key};
 use hapull::cycle::peek_backup_json;
 use hapull::secret::Secret;
 use hapull::transfer::{
     self, HostKeyPolicy, PullOptions, Session, SessionOptions, SshTarget, TransferError,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn target(sshd: &Sshd, port: u16, policy: HostKeyPolicy) -> SshTarget {
+pub(crate) fn target(sshd: &Sshd, port: u16, policy: HostKeyPolicy) -> SshTarget {
     SshTarget {
         host: "127.0.0.1".into(),
         port,
@@ -35,7 +35,17 @@ fn trusted(sshd: &Sshd) -> SshTarget {
     )
 }
 
-fn fast_retry() -> PullOptions {
+/// A target that learns the host key on first contact, and the (not yet existing) known_hosts file.
+pub(crate) fn trusting_first_use(sshd: &Sshd) -> (SshTarget, PathBuf) {
+    let kh = sshd.dir.path().join("tofu").join("known_hosts");
+    let policy = HostKeyPolicy::KnownHosts {
+        path: kh.clone(),
+        trust_on_first_use: true,
+    };
+    (target(sshd, sshd.port, policy), kh)
+}
+
+pub(crate) fn fast_retry() -> PullOptions {
     PullOptions {
         min_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
@@ -48,7 +58,7 @@ fn fast_retry() -> PullOptions {
     }
 }
 
-fn random_file(path: &Path, len: usize, seed: u64) {
+pub(crate) fn random_file(path: &Path, len: usize, seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut data = vec![0u8; len];
     rng.fill(&mut data);
@@ -56,7 +66,7 @@ fn random_file(path: &Path, len: usize, seed: u64) {
 }
 
 /// SHA-256 by the coreutils tool, independent of the code under test.
-fn sha256sum(path: &Path) -> String {
+pub(crate) fn sha256sum(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     assert!(
         out.status.success(),
@@ -71,7 +81,7 @@ fn sha256sum(path: &Path) -> String {
         .to_string()
 }
 
-fn files_in(dir: &Path) -> Vec<String> {
+pub(crate) fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -80,7 +90,7 @@ fn files_in(dir: &Path) -> Vec<String> {
     v
 }
 
-fn remote_str(p: &Path) -> String {
+pub(crate) fn remote_str(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
@@ -315,15 +325,7 @@ async fn missing_known_hosts_is_an_error_not_an_unknown_host() {
 #[tokio::test]
 async fn trust_on_first_use_records_the_host_then_checks_it() {
     let sshd = Sshd::start();
-    let kh = sshd.dir.path().join("tofu").join("known_hosts");
-    let t = target(
-        &sshd,
-        sshd.port,
-        HostKeyPolicy::KnownHosts {
-            path: kh.clone(),
-            trust_on_first_use: true,
-        },
-    );
+    let (t, kh) = trusting_first_use(&sshd);
     Session::connect(&t, &SessionOptions::default())
         .await
         .unwrap()
@@ -449,55 +451,12 @@ async fn unreadable_remote_file_names_the_user_and_the_path() {
     );
 }
 
-/// Forwards TCP to `upstream`; the first connection is cut after `cut_after` bytes from the server.
-async fn cutting_proxy(upstream: u16, cut_after: usize) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
-            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
-                return;
-            };
-            let limit = if first { Some(cut_after) } else { None };
-            first = false;
-            tokio::spawn(async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                });
-                let mut sent = 0usize;
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match sr.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    if cw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    sent += n;
-                    if limit.is_some_and(|l| sent >= l) {
-                        break;
-                    }
-                }
-                up.abort();
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test]
 async fn dropped_connection_resumes_and_ends_with_the_right_hash() {
     let sshd = Sshd::start();
     let src = sshd.remote_dir().join("big.tar");
     random_file(&src, 32 * 1024 * 1024, 5);
-    let proxy = cutting_proxy(sshd.port, 8 * 1024 * 1024).await;
+    let proxy = Relay::cutting(sshd.port, 8 * 1024 * 1024).await.port;
     let t = target(
         &sshd,
         proxy,
@@ -529,7 +488,7 @@ async fn a_cut_without_retry_budget_leaves_only_a_partial() {
     let sshd = Sshd::start();
     let src = sshd.remote_dir().join("big.tar");
     random_file(&src, 16 * 1024 * 1024, 6);
-    let proxy = cutting_proxy(sshd.port, 4 * 1024 * 1024).await;
+    let proxy = Relay::cutting(sshd.port, 4 * 1024 * 1024).await.port;
     let t = target(
         &sshd,
         proxy,

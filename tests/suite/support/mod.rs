@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code)]
 
+pub mod relay;
 pub mod sshd;
 
 /// A child process that is killed (SIGKILL) and reaped when dropped, so a failed assertion leaves no

@@ -1,0 +1,123 @@
+//! A pull over several SSH connections to a real OpenSSH sshd: the reads are shared between the
+//! connections and the file is byte-exact; a connection the server turns away is done without; only
+//! the main connection records a host key met for the first time.
+
+use crate::support::relay::{Faults, Relay};
+use crate::support::sshd::Sshd;
+use crate::transfer::{
+    fast_retry, files_in, random_file, remote_str, sha256sum, target, trusting_first_use,
+};
+use hapull::transfer::{self, HostKeyPolicy, PullOptions};
+
+fn known(sshd: &Sshd, port: u16) -> HostKeyPolicy {
+    HostKeyPolicy::KnownHosts {
+        path: sshd.write_known_hosts(port),
+        trust_on_first_use: false,
+    }
+}
+
+#[tokio::test]
+async fn two_connections_each_carry_about_half_and_the_copy_is_exact() {
+    let sshd = Sshd::start();
+    let size = 40 * 1024 * 1024 + 12_345;
+    let src = sshd.remote_dir().join("big.tar");
+    random_file(&src, size, 21);
+    let relay = Relay::start(sshd.port, Faults::default()).await;
+    let t = target(&sshd, relay.port, known(&sshd, relay.port));
+    let local = tempfile::tempdir().unwrap();
+    let dst = local.path().join("big.tar");
+
+    // The default is two connections.
+    assert_eq!(PullOptions::default().connections, 2);
+    let outcome = transfer::pull(&t, &remote_str(&src), &dst, &fast_retry())
+        .await
+        .unwrap();
+    assert_eq!(outcome.attempts, 1);
+    assert_eq!(outcome.sha256_hex(), sha256sum(&src));
+    assert_eq!(sha256sum(&dst), sha256sum(&src));
+    let bytes = relay.carried();
+    assert_eq!(bytes.len(), 2, "two connections: {bytes:?}");
+    for b in &bytes {
+        // Reads alternate between the connections: each brings about half of the file.
+        assert!(
+            *b > size as u64 * 2 / 5 && *b < size as u64 * 3 / 5,
+            "each connection carries about half of {size} bytes: {bytes:?}"
+        );
+    }
+
+    // One connection when asked: it carries the whole file.
+    std::fs::remove_file(&dst).unwrap();
+    let one = PullOptions {
+        connections: 1,
+        ..fast_retry()
+    };
+    transfer::pull(&t, &remote_str(&src), &dst, &one)
+        .await
+        .unwrap();
+    assert_eq!(sha256sum(&dst), sha256sum(&src));
+    let bytes = relay.carried();
+    assert_eq!(bytes.len(), 3, "one more connection: {bytes:?}");
+    assert!(bytes[2] > size as u64, "{bytes:?}");
+    assert_eq!(files_in(local.path()), vec!["big.tar".to_string()]);
+}
+
+#[tokio::test]
+async fn a_server_that_takes_one_connection_gets_the_whole_pull_over_it() {
+    let sshd = Sshd::start();
+    let size = 9 * 1024 * 1024 + 7;
+    let src = sshd.remote_dir().join("b.tar");
+    random_file(&src, size, 22);
+    // Whichever connection arrives first is let through (the main one or the extra one); the
+    // other is closed as soon as it connects.
+    let relay = Relay::start(
+        sshd.port,
+        Faults {
+            admit: 1,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let t = target(&sshd, relay.port, known(&sshd, relay.port));
+    let local = tempfile::tempdir().unwrap();
+    let dst = local.path().join("b.tar");
+    let opts = PullOptions {
+        connections: 3,
+        ..fast_retry()
+    };
+    let outcome = transfer::pull(&t, &remote_str(&src), &dst, &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.attempts, 1,
+        "a refused extra connection is no failure"
+    );
+    assert_eq!(sha256sum(&dst), sha256sum(&src));
+    let bytes = relay.carried();
+    assert_eq!(bytes.len(), 1);
+    assert!(bytes[0] > size as u64);
+}
+
+#[tokio::test]
+async fn only_the_main_connection_records_a_new_host_key() {
+    let sshd = Sshd::start();
+    let src = sshd.remote_dir().join("c.tar");
+    random_file(&src, 3 * 1024 * 1024, 23);
+    let (t, kh) = trusting_first_use(&sshd);
+    let local = tempfile::tempdir().unwrap();
+    let dst = local.path().join("c.tar");
+    let opts = PullOptions {
+        connections: 4,
+        ..fast_retry()
+    };
+    for _ in 0..2 {
+        transfer::pull(&t, &remote_str(&src), &dst, &opts)
+            .await
+            .unwrap();
+        assert_eq!(sha256sum(&dst), sha256sum(&src));
+        // One line, written once, however many connections met the new host at the same moment.
+        assert_eq!(
+            std::fs::read_to_string(&kh).unwrap(),
+            format!("{}\n", sshd.known_hosts_line(sshd.port))
+        );
+    }
+}
