@@ -2,7 +2,7 @@
 //! local sshd, alternating rounds. Build in release mode:
 //!
 //! ```text
-//! cargo run --release --example bench_pull -- [--size-mib 1024] [--rounds 3] [--reads 64] [--read-kib 255] [--out-dir DIR]
+//! cargo run --release --example bench_pull -- [--size-mib 1024] [--rounds 3] [--reads 32] [--read-kib 255] [--out-dir DIR]
 //! ```
 //! Each hapull pull runs in a child process so its peak RSS (VmHWM) is its own.
 
@@ -85,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let size = flag(&args, "--size-mib", 1024) * 1024 * 1024;
     let rounds = flag(&args, "--rounds", 3);
-    let reads = flag(&args, "--reads", 64);
+    let reads = flag(&args, "--reads", 32);
     let read_kib = flag(&args, "--read-kib", 255);
 
     let server = sshd::Sshd::start();
