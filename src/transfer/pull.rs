@@ -387,12 +387,16 @@ async fn fetch(
     let (s, handle) = (first.session, first.handle.as_str());
     let chunk = u64::from(s.read_size);
     let mut turn = readers.iter().cycle();
+    // With a bandwidth limit, each request waits for its moment: the one at `next` may go once the
+    // limit allows the bytes before it.
+    let limit = opts.bandwidth_limit.filter(|l| *l > 0);
+    let due = |next: u64| {
+        limit.map(|l| clock + Duration::from_secs_f64((next - start) as f64 / l as f64))
+    };
     loop {
-        while inflight.len() < s.outstanding && next < size {
-            if let Some(limit) = opts.bandwidth_limit.filter(|l| *l > 0) {
-                let due = Duration::from_secs_f64((next - start) as f64 / limit as f64);
-                tokio::time::sleep_until(clock + due).await;
-            }
+        let now = tokio::time::Instant::now();
+        while inflight.len() < s.outstanding && next < size && due(next).is_none_or(|at| at <= now)
+        {
             let len = (size - next).min(chunk) as u32;
             let Some(reader) = turn.next() else { break };
             let sftp = reader.session.sftp.clone();
@@ -401,7 +405,24 @@ async fn fetch(
             inflight.push_back(async move { (off, len, sftp.read(h, off, len).await) });
             next += u64::from(len);
         }
-        let Some((off, len, result)) = inflight.next().await else {
+        // Wait for the next answer, or for the moment the next request may go: the requests in
+        // flight are only sent and answered while they are being polled, never while this waits
+        // for the pace alone.
+        let pace = (next < size && inflight.len() < s.outstanding)
+            .then(|| due(next))
+            .flatten();
+        let answer = match (pace, inflight.is_empty()) {
+            (None, _) => inflight.next().await,
+            (Some(at), true) => {
+                tokio::time::sleep_until(at).await;
+                continue;
+            }
+            (Some(at), false) => tokio::select! {
+                answer = inflight.next() => answer,
+                () = tokio::time::sleep_until(at) => continue,
+            },
+        };
+        let Some((off, len, result)) = answer else {
             break;
         };
         let mut data = match result {

@@ -1,13 +1,15 @@
-//! A pull over several SSH connections to a real OpenSSH sshd: the reads are shared between the
+//! How a pull uses its SSH connections to a real OpenSSH sshd: the reads are shared between the
 //! connections and the file is byte-exact; a connection the server turns away is done without; only
-//! the main connection records a host key met for the first time.
+//! the main connection records a host key met for the first time; a bandwidth limit paces the
+//! requests from the first byte on.
 
 use crate::support::relay::{Faults, Relay};
 use crate::support::sshd::Sshd;
 use crate::transfer::{
     fast_retry, files_in, random_file, remote_str, sha256sum, target, trusting_first_use,
 };
-use hapull::transfer::{self, HostKeyPolicy, PullOptions};
+use bytes::Bytes;
+use hapull::transfer::{self, ByteObserver, HostKeyPolicy, PullOptions};
 
 fn known(sshd: &Sshd, port: u16) -> HostKeyPolicy {
     HostKeyPolicy::KnownHosts {
@@ -120,4 +122,62 @@ async fn only_the_main_connection_records_a_new_host_key() {
             format!("{}\n", sshd.known_hosts_line(sshd.port))
         );
     }
+}
+
+/// When each byte arrived: (seconds since the pull began, bytes so far).
+struct Arrivals {
+    start: std::time::Instant,
+    seen: u64,
+    marks: Vec<(f64, u64)>,
+}
+
+impl ByteObserver for Arrivals {
+    fn observe(&mut self, bytes: Bytes) {
+        self.seen += bytes.len() as u64;
+        self.marks
+            .push((self.start.elapsed().as_secs_f64(), self.seen));
+    }
+}
+
+#[tokio::test]
+async fn a_bandwidth_limit_paces_the_bytes_from_the_start_instead_of_bursting_at_the_end() {
+    let sshd = Sshd::start();
+    let size: u64 = 6 * 1024 * 1024;
+    let src = sshd.remote_dir().join("slow.tar");
+    random_file(&src, size as usize, 24);
+    let t = target(&sshd, sshd.port, known(&sshd, sshd.port));
+    let identity = transfer::load_identity(&t.identity_file, None).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let dst = local.path().join("slow.tar");
+    // 2 MiB/s: the file takes 3 s.
+    let opts = PullOptions {
+        bandwidth_limit: Some(2 << 20),
+        ..fast_retry()
+    };
+    let start = std::time::Instant::now();
+    let (outcome, arrivals) =
+        transfer::pull_observed(&t, &identity, &remote_str(&src), &dst, &opts, || Arrivals {
+            start,
+            seen: 0,
+            marks: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(sha256sum(&dst), sha256sum(&src));
+    let marks = arrivals.marks;
+    let first = marks.first().map_or(f64::NAN, |m| m.0);
+    let half = marks
+        .iter()
+        .find(|m| m.1 >= size / 2)
+        .map_or(f64::NAN, |m| m.0);
+    // The bytes flow from the start (a throttle that only held the requests back until the end
+    // delivered the whole file at once, after 3 s) ...
+    assert!(first < 1.5, "first bytes after {first:.2} s: {marks:?}");
+    // ... and no faster than the limit: half the file needs 1.5 s, less one read's worth.
+    assert!(half >= 1.2, "half the file after {half:.2} s: {marks:?}");
+    assert!(
+        outcome.duration.as_secs_f64() >= 2.5,
+        "the whole file in {:?}",
+        outcome.duration
+    );
 }
