@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use russh_sftp::client::error::Error as SftpError;
-use russh_sftp::protocol::StatusCode;
+use russh_sftp::protocol::{FileAttributes, StatusCode};
 
 use super::disk::{self, DiskWriter};
 use super::session::Session;
@@ -223,20 +223,44 @@ pub(crate) async fn pull_once<O: ByteObserver>(
         session: s,
         handle: handle.clone(),
     }];
-    for h in helpers {
-        match h.open_read(remote).await {
-            Ok(handle) => readers.push(Reader { session: h, handle }),
-            // The main connection opened it: a helper that cannot is simply left out.
-            Err(e) => {
-                tracing::debug!(remote, error = %e, "an extra connection cannot open the file")
+    let result = match s.sftp.fstat(handle.as_str()).await {
+        Ok(attrs) => {
+            for h in helpers {
+                if let Some(r) = same_file(h, remote, &attrs.attrs).await {
+                    readers.push(r);
+                }
             }
+            pull_open(&readers, attrs.attrs, remote, local, opts, observer).await
         }
-    }
-    let result = pull_open(s, &handle, &readers, remote, local, opts, observer).await;
+        Err(e) => Err(s.remote_err("stat", remote, e)),
+    };
     for r in &readers {
-        let _ = r.session.sftp.close(r.handle.clone()).await;
+        let _ = r.session.sftp.close(r.handle.as_str()).await;
     }
     result
+}
+
+/// Opens `remote` on an extra connection, and keeps it only if it is the file the main connection
+/// has open (same size and modification time): reads taken in turns from a file replaced between
+/// the two opens would mix two files. An extra connection that cannot is simply left out.
+async fn same_file<'a>(h: &'a Session, remote: &str, attrs: &FileAttributes) -> Option<Reader<'a>> {
+    let handle = match h.open_read(remote).await {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::debug!(remote, error = %e, "an extra connection cannot open the file");
+            return None;
+        }
+    };
+    match h.sftp.fstat(handle.as_str()).await {
+        Ok(a) if a.attrs.size == attrs.size && a.attrs.mtime == attrs.mtime => {
+            Some(Reader { session: h, handle })
+        }
+        _ => {
+            tracing::debug!(remote, "an extra connection sees another file; not used");
+            let _ = h.sftp.close(handle).await;
+            None
+        }
+    }
 }
 
 /// A connection with the file open on it.
@@ -245,22 +269,17 @@ struct Reader<'a> {
     handle: String,
 }
 
+/// The pull proper, over `readers` (the main connection first), of a file whose attributes the
+/// main connection found to be `attrs`.
 async fn pull_open<O: ByteObserver>(
-    s: &Session,
-    handle: &str,
     readers: &[Reader<'_>],
+    attrs: FileAttributes,
     remote: &str,
     local: &Path,
     opts: &PullOptions,
     observer: O,
 ) -> Result<(PullOutcome, O), TransferError> {
     let started = Instant::now();
-    let attrs = s
-        .sftp
-        .fstat(handle)
-        .await
-        .map_err(|e| s.remote_err("stat", remote, e))?
-        .attrs;
     let Some(size) = attrs.size else {
         return Err(TransferError::Remote {
             op: "stat",
@@ -324,16 +343,16 @@ async fn pull_open<O: ByteObserver>(
     let (sha256, total, observer) = written?;
     fetched?;
 
-    let after = s
-        .sftp
-        .fstat(handle)
-        .await
-        .map_err(|e| s.remote_err("stat", remote, e))?
-        .attrs;
-    if after.size != Some(size) || after.mtime != mtime {
-        return Err(TransferError::RemoteChanged {
-            path: remote.to_string(),
-        });
+    // The file must not have changed under any of the connections while they read it.
+    for r in readers {
+        let after = (r.session.sftp.fstat(r.handle.as_str()).await)
+            .map_err(|e| r.session.remote_err("stat", remote, e))?
+            .attrs;
+        if after.size != Some(size) || after.mtime != mtime {
+            return Err(TransferError::RemoteChanged {
+                path: remote.to_string(),
+            });
+        }
     }
     if total != size {
         return Err(TransferError::SizeMismatch {

@@ -181,3 +181,42 @@ async fn a_bandwidth_limit_paces_the_bytes_from_the_start_instead_of_bursting_at
         outcome.duration
     );
 }
+
+#[tokio::test]
+async fn a_file_rewritten_during_the_pull_is_pulled_again_whole() {
+    let sshd = Sshd::start();
+    let size = 6 * 1024 * 1024;
+    let src = sshd.remote_dir().join("moving.tar");
+    random_file(&src, size, 25);
+    // An hour old, so that the rewrite below changes the modification time SFTP reports (seconds).
+    let status = std::process::Command::new("touch")
+        .args(["-d", "1 hour ago"])
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t = target(&sshd, sshd.port, known(&sshd, sshd.port));
+    let local = tempfile::tempdir().unwrap();
+    let dst = local.path().join("moving.tar");
+    let opts = PullOptions {
+        bandwidth_limit: Some(3 << 20),
+        ..fast_retry()
+    };
+    let rewrite = {
+        let src = src.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+            // In place, same size: only the modification time tells.
+            let mut f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(5 << 20)).unwrap();
+            std::io::Write::write_all(&mut f, b"changed").unwrap();
+        })
+    };
+    let outcome = transfer::pull(&t, &remote_str(&src), &dst, &opts)
+        .await
+        .unwrap();
+    rewrite.await.unwrap();
+    assert!(outcome.attempts >= 2, "the change was noticed: {outcome:?}");
+    assert_eq!(outcome.resumed_bytes, 0, "nothing kept of the old file");
+    assert_eq!(sha256sum(&dst), sha256sum(&src), "the new content, whole");
+}
