@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::config;
 use crate::support::sshd::Sshd;
 use hapull::ha::{Client, ClientOptions, Endpoint, GenerateRequest};
 use hapull::secret::Secret;
@@ -25,18 +26,6 @@ struct Rig {
     dir: tempfile::TempDir,
     _ha_dir: tempfile::TempDir,
     config: PathBuf,
-}
-
-/// The [ssh] lines of a config reaching the rig's sshd; `host_keys` is the host key line(s).
-fn ssh_section(sshd: &Sshd, sim: &Sim, host_keys: &str, extra: &str) -> String {
-    format!(
-        "[ssh]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{user}\"\nidentity_file = \"{key}\"\n\
-         {host_keys}\nremote_dir = \"{remote}\"\n{extra}\n",
-        port = sshd.port,
-        user = sshd.user,
-        key = sshd.client_key.display(),
-        remote = sim.backup_dir().display(),
-    )
 }
 
 impl Rig {
@@ -82,11 +71,11 @@ impl Rig {
 
     fn configure_keys(&self, host_keys: &str, ssh_extra: &str, backup: &str, rest: &str) {
         let body = format!(
-            "[home_assistant]\nurl = \"{url}\"\ntoken_file = \"token\"\n\n{ssh}\n\
+            "{ha}{ssh}\n\
              [backup]\n{backup}\n\n[store]\ndir = \"archives\"\n{store}\n\n[audit]\npath = \"audit.jsonl\"\n\n\
              [schedule]\ncron = \"0 0 1 1 *\"\nrun_on_start = true\nstate_file = \"state.json\"\n\n{rest}\n",
-            url = self.sim.url(),
-            ssh = ssh_section(&self.sshd, &self.sim, host_keys, ssh_extra),
+            ha = config::home_assistant(&self.sim.url()),
+            ssh = config::ssh(&self.sshd, self.sim.backup_dir(), host_keys, ssh_extra),
             store = "",
         );
         std::fs::write(&self.config, body).unwrap();

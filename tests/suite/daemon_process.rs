@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::KillOnDrop;
+use crate::support::config;
 use crate::support::sshd::Sshd;
 use hapull::store::Store;
 use hapull_sim::{Sim, SimOptions};
@@ -29,18 +30,7 @@ async fn setup(extra: &str, payload_bytes: u64) -> Setup {
     std::fs::write(dir.path().join("token"), "sim-token\n").unwrap();
     let config = dir.path().join("hapull.toml");
     let body = format!(
-        r#"[home_assistant]
-url = "{url}"
-token_file = "token"
-
-[ssh]
-host = "127.0.0.1"
-port = {port}
-user = "{user}"
-identity_file = "{key}"
-known_hosts = "{kh}"
-remote_dir = "{remote}"
-
+        r#"{base}
 [store]
 dir = "archives"
 
@@ -53,12 +43,7 @@ run_on_start = true
 state_file = "state.json"
 {extra}
 "#,
-        url = sim.url(),
-        port = sshd.port,
-        user = sshd.user,
-        key = sshd.client_key.display(),
-        kh = sshd.write_known_hosts(sshd.port).display(),
-        remote = ha_dir.path().display(),
+        base = config::sim_and_sshd(&sim.url(), &sshd, ha_dir.path(), ""),
     );
     std::fs::write(&config, body).unwrap();
     Setup {

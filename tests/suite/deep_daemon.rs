@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support::config;
 use crate::support::sshd::Sshd;
 use hapull::store::Store;
 use hapull_sim::{Sim, SimOptions};
@@ -47,18 +48,7 @@ async fn rig(store_extra: &str, database: Vec<u8>) -> Rig {
     let config = dir.path().join("hapull.toml");
     let status_port = free_port();
     let body = format!(
-        r#"[home_assistant]
-url = "{url}"
-token_file = "token"
-
-[ssh]
-host = "127.0.0.1"
-port = {port}
-user = "{user}"
-identity_file = "{key}"
-known_hosts = "{kh}"
-remote_dir = "{remote}"
-
+        r#"{base}
 [store]
 dir = "archives"
 {store_extra}
@@ -74,12 +64,7 @@ state_file = "state.json"
 [status]
 listen = "127.0.0.1:{status_port}"
 "#,
-        url = sim.url(),
-        port = sshd.port,
-        user = sshd.user,
-        key = sshd.client_key.display(),
-        kh = sshd.write_known_hosts(sshd.port).display(),
-        remote = ha_dir.path().display(),
+        base = config::sim_and_sshd(&sim.url(), &sshd, ha_dir.path(), ""),
     );
     std::fs::write(&config, body).unwrap();
     Rig {

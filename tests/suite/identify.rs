@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::installs::{Rig, context, ha_ids, rig};
 use crate::support::KillOnDrop;
+use crate::support::config;
 
 /// One fixed name for every backup: the hardest case for telling them apart by name.
 const NAME: &str = "hapull nightly";
@@ -404,18 +405,7 @@ async fn a_killed_process_leaves_no_backup_of_its_own_unrecorded() {
     std::fs::write(
         &config,
         format!(
-            r#"[home_assistant]
-url = "{url}"
-token_file = "token"
-
-[ssh]
-host = "127.0.0.1"
-port = {port}
-user = "{user}"
-identity_file = "{key}"
-known_hosts = "{kh}"
-remote_dir = "{remote}"
-
+            r#"{base}
 [backup]
 name = "{NAME}"
 keep_on_ha = 1
@@ -426,12 +416,7 @@ dir = "{store}"
 [audit]
 path = "{audit}"
 "#,
-            url = rig.sim.url(),
-            port = sshd.port,
-            user = sshd.user,
-            key = sshd.client_key.display(),
-            kh = sshd.write_known_hosts(sshd.port).display(),
-            remote = rig.sim.backup_dir().display(),
+            base = config::sim_and_sshd(&rig.sim.url(), sshd, rig.sim.backup_dir(), ""),
             store = rig.store_dir.display(),
             audit = rig.audit_path.display(),
         ),

@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use crate::support::config;
 use crate::support::sshd::Sshd;
 use hapull_sim::{Sim, SimOptions};
 
@@ -23,27 +24,11 @@ async fn trace_logging_of_a_whole_cycle_never_shows_the_token() {
     std::fs::write(
         &config,
         format!(
-            r#"[home_assistant]
-url = "{url}"
-token_file = "token"
-
-[ssh]
-host = "127.0.0.1"
-port = {port}
-user = "{user}"
-identity_file = "{key}"
-known_hosts = "{kh}"
-remote_dir = "{remote}"
-
+            r#"{base}
 [store]
 dir = "archives"
 "#,
-            url = sim.url(),
-            port = sshd.port,
-            user = sshd.user,
-            key = sshd.client_key.display(),
-            kh = sshd.write_known_hosts(sshd.port).display(),
-            remote = ha_dir.path().display(),
+            base = config::sim_and_sshd(&sim.url(), &sshd, ha_dir.path(), ""),
         ),
     )
     .unwrap();

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::KillOnDrop;
+use crate::support::config;
 use crate::support::sshd::Sshd;
 use hapull::store::Store;
 use hapull::store::lock::StoreLock;
@@ -55,18 +56,7 @@ async fn setup(payload_bytes: u64, ssh_extra: &str) -> Setup {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let config = dir.path().join("hapull.toml");
     let body = format!(
-        r#"[home_assistant]
-url = "{url}"
-token_file = "token"
-
-[ssh]
-host = "127.0.0.1"
-port = {port}
-user = "{user}"
-identity_file = "{key}"
-known_hosts = "{kh}"
-remote_dir = "{remote}"
-{ssh_extra}
+        r#"{base}
 
 [store]
 dir = "data/archives"
@@ -78,12 +68,7 @@ path = "data/audit/audit.jsonl"
 cron = "0 3 * * *"
 state_file = "data/state/state.json"
 "#,
-        url = sim.url(),
-        port = sshd.port,
-        user = sshd.user,
-        key = sshd.client_key.display(),
-        kh = sshd.write_known_hosts(sshd.port).display(),
-        remote = ha_dir.path().display(),
+        base = config::sim_and_sshd(&sim.url(), &sshd, ha_dir.path(), ssh_extra),
     );
     std::fs::write(&config, body).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::KillOnDrop;
+use crate::support::config;
 use crate::support::sshd::Sshd;
 use hapull::store::Store;
 use hapull_sim::{Sim, SimOptions};
@@ -85,18 +86,7 @@ async fn a_scheduled_run_while_ha_is_down_is_retried_and_commits_when_ha_is_back
     std::fs::write(
         &config,
         format!(
-            r#"[home_assistant]
-url = "{url}"
-token_file = "token"
-
-[ssh]
-host = "127.0.0.1"
-port = {port}
-user = "{user}"
-identity_file = "{key}"
-known_hosts = "{kh}"
-remote_dir = "{remote}"
-
+            r#"{base}
 [store]
 dir = "archives"
 
@@ -112,12 +102,7 @@ retry_max = "8s"
 [status]
 listen = "127.0.0.1:{status_port}"
 "#,
-            url = sim.url(),
-            port = sshd.port,
-            user = sshd.user,
-            key = sshd.client_key.display(),
-            kh = sshd.write_known_hosts(sshd.port).display(),
-            remote = ha_dir.path().display(),
+            base = config::sim_and_sshd(&sim.url(), &sshd, ha_dir.path(), ""),
         ),
     )
     .unwrap();

@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests.
 #![allow(dead_code)]
 
+pub mod config;
 pub mod relay;
 pub mod sshd;
 
