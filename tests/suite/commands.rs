@@ -96,7 +96,8 @@ impl Rig {
     }
 
     fn store(&self) -> Store {
-        Store::open(self.dir.path().join("archives")).unwrap()
+        // Read-only: it observes what the hapull processes wrote, and repairs nothing behind them.
+        Store::open_read_only(self.dir.path().join("archives")).unwrap()
     }
 
     /// Backup ids in the store whose archive re-hashes to its manifest.

@@ -217,7 +217,7 @@ async fn sigterm_mid_transfer_leaves_a_partial_that_the_next_pull_resumes() {
     );
 
     // Nothing that looks complete: only the partial (and its sidecar) in the store.
-    let store = Store::open(s.dir.path().join("archives")).unwrap();
+    let store = Store::open_read_only(s.dir.path().join("archives")).unwrap();
     assert!(store.list().unwrap().is_empty());
     let partial_len: u64 = std::fs::read_dir(&incoming)
         .unwrap()
@@ -249,7 +249,7 @@ async fn sigterm_mid_transfer_leaves_a_partial_that_the_next_pull_resumes() {
         pulled["data"]["resumed_bytes"].as_u64().unwrap() > 0,
         "{pulled}"
     );
-    let store = Store::open(s.dir.path().join("archives")).unwrap();
+    let store = Store::open_read_only(s.dir.path().join("archives")).unwrap();
     let a = store.find(&id).unwrap().unwrap();
     assert!(store.verify(&a).unwrap().is_ok());
 }
@@ -269,7 +269,7 @@ async fn a_failed_cycle_is_announced_in_home_assistant() {
         .unwrap()
         .to_string();
     assert!(
-        Store::open(s.dir.path().join("archives"))
+        Store::open_read_only(s.dir.path().join("archives"))
             .unwrap()
             .find(&kept)
             .unwrap()
