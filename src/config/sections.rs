@@ -8,8 +8,8 @@ use crate::ha::Endpoint;
 
 use super::validator::Validator;
 use super::{
-    Audit, Backup, BackupMode, ConfigError, DeepVerify, HomeAssistant, HostKeyPolicy, Notify,
-    Retention, Schedule, Ssh, Status, Store, Transfer, VerifyLevel, Via, parse_size, raw,
+    Audit, Backup, ConfigError, DeepVerify, HomeAssistant, HostKeyPolicy, Notify, Retention,
+    Schedule, Ssh, Status, Store, Transfer, VerifyLevel, Via, parse_size, raw,
 };
 
 impl Validator<'_> {
@@ -224,10 +224,9 @@ impl Validator<'_> {
 
     pub(super) fn backup(&mut self, r: raw::Backup) -> Result<Backup, ConfigError> {
         const S: &str = "backup";
-        let mode = r.mode.unwrap_or(BackupMode::Api);
-        let shell_command = r
-            .shell_command
-            .unwrap_or_else(|| "delete_backups".to_string());
+        let d = Backup::default();
+        let mode = r.mode.unwrap_or(d.mode);
+        let shell_command = r.shell_command.unwrap_or(d.shell_command);
         if shell_command.is_empty()
             || !shell_command
                 .chars()
@@ -260,7 +259,7 @@ impl Validator<'_> {
                 format!("{agent:?} is not an agent id (e.g. \"backup.local\" or \"hassio.local\"; `hapull check` lists them)"),
             ));
         }
-        let name = r.name.unwrap_or_else(|| "hapull".to_string());
+        let name = r.name.unwrap_or(d.name);
         if name.trim().is_empty() {
             return Err(self.err(S, "name", "must not be empty"));
         }
@@ -269,16 +268,18 @@ impl Validator<'_> {
             shell_command,
             agent_id: r.agent_id,
             name,
-            include_database: r.include_database.unwrap_or(true),
+            include_database: r.include_database.unwrap_or(d.include_database),
             password,
-            keep_on_ha: r.keep_on_ha.unwrap_or(1),
-            prune_foreign: r.prune_foreign.unwrap_or(false),
-            timeout: self.duration(S, "timeout", r.timeout.as_deref().unwrap_or("2h"))?,
-            blocked_timeout: self.duration(
-                S,
-                "blocked_timeout",
-                r.blocked_timeout.as_deref().unwrap_or("10m"),
-            )?,
+            keep_on_ha: r.keep_on_ha.unwrap_or(d.keep_on_ha),
+            prune_foreign: r.prune_foreign.unwrap_or(d.prune_foreign),
+            timeout: match r.timeout {
+                Some(t) => self.duration(S, "timeout", &t)?,
+                None => d.timeout,
+            },
+            blocked_timeout: match r.blocked_timeout {
+                Some(t) => self.duration(S, "blocked_timeout", &t)?,
+                None => d.blocked_timeout,
+            },
         })
     }
 

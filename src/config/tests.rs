@@ -415,3 +415,40 @@ fn deep_verify_is_off_by_default_and_its_mistakes_name_the_key_and_line() {
     let e = setting("deep_verify = 3\n").unwrap_err().to_string();
     assert!(e.contains("line 6") && e.contains("deep_verify"), "{e}");
 }
+
+#[test]
+fn an_empty_backup_section_means_the_documented_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "token", "t\n");
+    let ssh =
+        "[ssh]\nhost = \"ha\"\nuser = \"u\"\nidentity_file = \"token\"\nknown_hosts = \"token\"\n";
+    let l = load_str(
+        dir.path(),
+        &format!("[home_assistant]\nurl = \"http://ha:8123\"\ntoken_file = \"token\"\n{ssh}"),
+    )
+    .unwrap();
+    let b = &l.config.backup;
+    // As config/hapull.example.toml documents them.
+    assert_eq!(b.mode, BackupMode::Api);
+    assert_eq!(b.shell_command, "delete_backups");
+    assert_eq!(b.name, "hapull");
+    assert!(b.include_database && b.password.is_none() && b.agent_id.is_none());
+    assert_eq!((b.keep_on_ha, b.prune_foreign), (1, false));
+    assert_eq!(b.timeout, std::time::Duration::from_secs(2 * 3600));
+    assert_eq!(b.blocked_timeout, std::time::Duration::from_secs(600));
+    let ssh = l.config.ssh.as_ref().unwrap();
+    assert_eq!((ssh.port, ssh.connections), (22, 2));
+    let err = load_str(
+        dir.path(),
+        &format!(
+            "[home_assistant]\nurl = \"http://ha:8123\"\ntoken_file = \"token\"\n{ssh}connections = 5\n",
+            ssh = "[ssh]\nhost = \"ha\"\nuser = \"u\"\nidentity_file = \"token\"\nknown_hosts = \"token\"\n"
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("connections") && err.contains("between 1 and 4"),
+        "{err}"
+    );
+}

@@ -78,6 +78,7 @@ pub enum BackupMode {
     Service,
 }
 
+/// `[backup]`. [`Default`] gives what an empty section means.
 #[derive(Debug, Clone)]
 pub struct Backup {
     pub mode: BackupMode,
@@ -91,6 +92,23 @@ pub struct Backup {
     pub prune_foreign: bool,
     pub timeout: Duration,
     pub blocked_timeout: Duration,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Backup {
+            mode: BackupMode::Api,
+            shell_command: "delete_backups".to_string(),
+            agent_id: None,
+            name: "hapull".to_string(),
+            include_database: true,
+            password: None,
+            keep_on_ha: 1,
+            prune_foreign: false,
+            timeout: Duration::from_secs(2 * 3600),
+            blocked_timeout: Duration::from_secs(10 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

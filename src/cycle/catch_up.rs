@@ -18,7 +18,7 @@ impl Context {
         api: BackupApi,
         agent: Option<&str>,
     ) -> Result<Vec<String>, CycleError> {
-        if self.settings.mode == BackupMode::Service {
+        if self.settings.backup.mode == BackupMode::Service {
             // There the delete command already saved every archive; what HA still lists after it
             // removed the files has nothing left to pull.
             return Ok(Vec::new());

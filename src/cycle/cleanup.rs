@@ -12,7 +12,7 @@ use crate::store::Ledger;
 
 impl Context {
     pub(super) async fn clean_up_ha(&self, api: BackupApi) -> Result<Vec<String>, CycleError> {
-        if self.settings.mode == BackupMode::Service {
+        if self.settings.backup.mode == BackupMode::Service {
             // The recipe's delete command is the clean-up in this mode.
             return Ok(Vec::new());
         }
@@ -21,11 +21,14 @@ impl Context {
         let mut ours: Vec<Backup> = (self.client.backup_info().await.at(Step::CleanUpHa)?)
             .backups
             .into_iter()
-            .filter(|b| self.settings.prune_foreign || ledger.made(&b.backup_id))
+            .filter(|b| self.settings.backup.prune_foreign || ledger.made(&b.backup_id))
             .collect();
         ours.sort_by(|a, b| b.date.cmp(&a.date));
         let mut deleted = Vec::new();
-        for b in ours.into_iter().skip(self.settings.keep_on_ha as usize) {
+        for b in ours
+            .into_iter()
+            .skip(self.settings.backup.keep_on_ha as usize)
+        {
             if let Some(why) = self.reason_to_keep_in_ha(&b.backup_id) {
                 info!(backup_id = %b.backup_id, "kept in Home Assistant: {why}");
                 continue;

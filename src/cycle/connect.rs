@@ -71,13 +71,13 @@ impl Context {
             return Ok(None);
         }
         let agents = self.client.backup_agents().await.at(step)?;
-        choose_local_agent(&agents, self.settings.agent_id.as_deref())
+        choose_local_agent(&agents, self.settings.backup.agent_id.as_deref())
             .map(Some)
             .map_err(|message| CycleError::refused(step, message))
     }
 
     async fn wait_until_idle(&self) -> Result<(), CycleError> {
-        let deadline = tokio::time::Instant::now() + self.settings.blocked_timeout;
+        let deadline = tokio::time::Instant::now() + self.settings.backup.blocked_timeout;
         loop {
             let info = self.client.backup_info().await.at(Step::Connect)?;
             if info.state == "idle" {
@@ -86,7 +86,7 @@ impl Context {
             if tokio::time::Instant::now() >= deadline {
                 return Err(CycleError::Timeout {
                     step: Step::Connect,
-                    after: self.settings.blocked_timeout,
+                    after: self.settings.backup.blocked_timeout,
                     what: format!(
                         "Home Assistant's backup manager stayed \"{}\"",
                         info.state.escape_debug()

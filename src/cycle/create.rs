@@ -32,12 +32,12 @@ impl Context {
                 );
             }
         }
-        let made = match (self.settings.mode, api) {
+        let made = match (self.settings.backup.mode, api) {
             (BackupMode::Api, BackupApi::Modern) => self.generate(agent).await?,
             (BackupMode::Api, BackupApi::Legacy { .. }) => {
                 // The legacy API has no password: going on would make an unencrypted backup the
                 // user did not ask for.
-                if self.settings.password.is_some() {
+                if self.settings.backup.password.is_some() {
                     return Err(CycleError::refused(
                         Step::Create,
                         format!(
@@ -55,7 +55,7 @@ impl Context {
                 let pending = self.note_request(Timestamp::now(), &name, None, Step::Create)?;
                 let b = match self
                     .client
-                    .legacy_backup_generate(self.settings.timeout)
+                    .legacy_backup_generate(self.settings.backup.timeout)
                     .await
                 {
                     Ok(b) => b,
@@ -135,8 +135,8 @@ impl Context {
             .backup_generate(&GenerateRequest {
                 agent_ids: vec![agent.clone()],
                 name: Some(name.clone()),
-                include_database: Some(self.settings.include_database),
-                password: self.settings.password.clone(),
+                include_database: Some(self.settings.backup.include_database),
+                password: self.settings.backup.password.clone(),
             })
             .await
         {
@@ -161,8 +161,6 @@ impl Context {
 
     fn backup_name(&self) -> String {
         let now = Timestamp::now().to_zoned(self.settings.timezone.clone());
-        self.settings
-            .name_template
-            .replace("{date}", &now.strftime("%Y-%m-%d %H.%M").to_string())
+        (self.settings.backup.name).replace("{date}", &now.strftime("%Y-%m-%d %H.%M").to_string())
     }
 }

@@ -44,7 +44,6 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::audit::{AuditLog, Kind};
 use crate::config::{BackupMode, VerifyLevel};
 use crate::ha::{Backup, BackupApi, Client, HaError};
-use crate::secret::Secret;
 use crate::store::{self, RetentionPolicy, Store, StoredArchive};
 use crate::transfer::{HttpTarget, Identity, PullOptions, PullOutcome, SshTarget, TransferError};
 
@@ -180,17 +179,8 @@ impl<T> At<T> for Result<T, store::StoreError> {
 /// What the cycle needs to know, from the validated config.
 #[derive(Clone)]
 pub struct Settings {
-    pub mode: BackupMode,
-    pub shell_command: String,
-    /// The agent keeping HA's local copies; `None`: ask HA (`backup.local`, else `hassio.local`).
-    pub agent_id: Option<String>,
-    pub name_template: String,
-    pub include_database: bool,
-    pub password: Option<Secret>,
-    pub keep_on_ha: u32,
-    pub prune_foreign: bool,
-    pub timeout: Duration,
-    pub blocked_timeout: Duration,
+    /// What to ask Home Assistant for, and what to keep there (`[backup]`).
+    pub backup: crate::config::Backup,
     pub remote_dir: String,
     pub verify: VerifyLevel,
     pub retention: RetentionPolicy,
@@ -298,11 +288,11 @@ impl Context {
     /// Runs one full cycle: make a backup, pull it, verify, commit, clean up.
     pub async fn run_cycle(&self) -> Result<Report, CycleError> {
         let started = Instant::now();
-        let span = info_span!("cycle", mode = self.settings.mode.as_str());
+        let span = info_span!("cycle", mode = self.settings.backup.mode.as_str());
         async {
             self.record(
                 Kind::CycleStarted,
-                json!({"mode": self.settings.mode.as_str()}),
+                json!({"mode": self.settings.backup.mode.as_str()}),
             )
             .await?;
             let outcome = self.steps(started).await;
@@ -316,7 +306,7 @@ impl Context {
     /// The sequence. Service mode saves every archive its delete command would remove inside Create.
     async fn steps(&self, started: Instant) -> Result<Report, CycleError> {
         let (api, agent, mut sub) = self.connect().instrument(info_span!("connect")).await?;
-        if self.settings.mode == BackupMode::Api {
+        if self.settings.backup.mode == BackupMode::Api {
             // Home Assistant is idle now: what earlier cycles asked for is finished or never will be.
             self.resolve_pending()
                 .instrument(info_span!("pending"))

@@ -75,7 +75,8 @@ impl Context {
             }
         });
         // Shared by every attempt, so the Argon2 root key is derived once per backup.
-        let keys = (self.settings.password.clone()).map(|p| Arc::new(Mutex::new(Keys::new(p))));
+        let keys =
+            (self.settings.backup.password.clone()).map(|p| Arc::new(Mutex::new(Keys::new(p))));
         let mode = self.verify_mode();
         let new_verifier =
             || VerifyFeed(StreamVerifier::start(&made.backup_id, mode, keys.clone()));

@@ -29,7 +29,7 @@ impl Context {
             .map(|b| b.backup_id)
             .collect();
         self.save_everything_before_delete().await?;
-        let name = &self.settings.shell_command;
+        let name = &self.settings.backup.shell_command;
         info!(path = "service", service = %format!("shell_command.{name}"), "running the delete command (every archive has a verified local copy)");
         let r = (self.client)
             .call_service(
@@ -37,7 +37,7 @@ impl Context {
                 name,
                 json!({}),
                 true,
-                self.settings.timeout,
+                self.settings.backup.timeout,
             )
             .await
             .at(Step::Create)?;
@@ -62,7 +62,13 @@ impl Context {
             "calling backup.create (blocks until the backup is made)"
         );
         (self.client)
-            .call_service("backup", "create", json!({}), false, self.settings.timeout)
+            .call_service(
+                "backup",
+                "create",
+                json!({}),
+                false,
+                self.settings.backup.timeout,
+            )
             .await
             .at(Step::Create)?;
         let after = self.client.backup_info().await.at(Step::Create)?;

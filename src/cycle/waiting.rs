@@ -26,7 +26,8 @@ impl Context {
         sub: Option<&mut Subscription>,
         made: Made,
     ) -> Result<Made, CycleError> {
-        let (BackupApi::Modern, BackupMode::Api, Some(sub)) = (api, self.settings.mode, sub) else {
+        let (BackupApi::Modern, BackupMode::Api, Some(sub)) = (api, self.settings.backup.mode, sub)
+        else {
             // Legacy generate and backup.create block until the backup is finished.
             self.record(
                 Kind::BackupCompleted,
@@ -35,14 +36,14 @@ impl Context {
             .await?;
             return Ok(made);
         };
-        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        let deadline = tokio::time::Instant::now() + self.settings.backup.timeout;
         let mut stage = None;
         loop {
             let item = match timeout_at(deadline, sub.next()).await {
                 Err(_) => {
                     return Err(CycleError::Timeout {
                         step: Step::Await,
-                        after: self.settings.timeout,
+                        after: self.settings.backup.timeout,
                         what: format!(
                             "backup {} did not complete (last stage {}); nothing was deleted",
                             made.backup_id,
@@ -200,7 +201,7 @@ impl Context {
             if tokio::time::Instant::now() >= deadline {
                 return Err(CycleError::Timeout {
                     step: Step::Await,
-                    after: self.settings.timeout,
+                    after: self.settings.backup.timeout,
                     what: format!(
                         "Home Assistant did not say where backup {} stands after a reconnect; nothing was deleted",
                         made.backup_id

@@ -200,16 +200,7 @@ pub fn settings(cfg: &Config, progress: bool) -> Result<Settings, ServiceError> 
     };
     pull.session.connect_timeout = connect_timeout;
     Ok(Settings {
-        mode: cfg.backup.mode,
-        shell_command: cfg.backup.shell_command.clone(),
-        agent_id: cfg.backup.agent_id.clone(),
-        name_template: cfg.backup.name.clone(),
-        include_database: cfg.backup.include_database,
-        password: cfg.backup.password.clone(),
-        keep_on_ha: cfg.backup.keep_on_ha,
-        prune_foreign: cfg.backup.prune_foreign,
-        timeout: cfg.backup.timeout,
-        blocked_timeout: cfg.backup.blocked_timeout,
+        backup: cfg.backup.clone(),
         remote_dir,
         verify: cfg
             .store

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::sshd::Sshd;
-use hapull::config::{BackupMode, VerifyLevel};
+use hapull::config::{Backup, BackupMode, VerifyLevel};
 use hapull::cycle::{Context, CycleError, Settings, Source, Step};
 use hapull::ha::{Client, ClientOptions, Endpoint, GenerateRequest};
 use hapull::secret::Secret;
@@ -76,16 +76,14 @@ async fn context(rig: &Rig, mode: BackupMode, keep_on_ha: u32) -> Context {
         store: Arc::new(Store::open(&rig.store_dir).unwrap()),
         audit: None,
         settings: Settings {
-            mode,
-            shell_command: "delete_backups".into(),
-            agent_id: None,
-            name_template: "hapull {date}".into(),
-            include_database: true,
-            password: None,
-            keep_on_ha,
-            prune_foreign: false,
-            timeout: Duration::from_secs(30),
-            blocked_timeout: Duration::from_secs(5),
+            backup: Backup {
+                mode,
+                keep_on_ha,
+                name: "hapull {date}".into(),
+                timeout: Duration::from_secs(30),
+                blocked_timeout: Duration::from_secs(5),
+                ..Backup::default()
+            },
             remote_dir: rig.sim.backup_dir().display().to_string(),
             verify: VerifyLevel::Full,
             retention: RetentionPolicy::default(),
@@ -425,7 +423,7 @@ async fn a_blocked_manager_that_never_unblocks_times_out_cleanly() {
     let rig = rig(SimVersion::Current, Duration::from_millis(50)).await;
     rig.sim.control().set_blocked(true);
     let mut ctx = context(&rig, BackupMode::Api, 1).await;
-    ctx.settings.blocked_timeout = Duration::from_secs(1);
+    ctx.settings.backup.blocked_timeout = Duration::from_secs(1);
     let err = ctx.run_cycle().await.unwrap_err();
     assert!(
         matches!(

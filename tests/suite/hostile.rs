@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::support::sshd::Sshd;
 use futures_util::{SinkExt, StreamExt};
-use hapull::config::{BackupMode, VerifyLevel};
+use hapull::config::{Backup, VerifyLevel};
 use hapull::cycle::{Context, CycleError, Settings, Source, Step, ha_archive_file_name};
 use hapull::ha::{
     Client, ClientOptions, ConnectionState, Endpoint, HaError, Incoming, SubItem, decode_frame,
@@ -198,16 +198,13 @@ async fn context(client: Client, ssh: SshTarget, store: &Path, remote_dir: &Path
         store: Arc::new(Store::open(store).unwrap()),
         audit: None,
         settings: Settings {
-            mode: BackupMode::Api,
-            shell_command: "delete_backups".into(),
-            agent_id: None,
-            name_template: "hapull {date}".into(),
-            include_database: true,
-            password: None,
-            keep_on_ha: 0,
-            prune_foreign: false,
-            timeout: Duration::from_secs(20),
-            blocked_timeout: Duration::from_secs(5),
+            backup: Backup {
+                keep_on_ha: 0,
+                name: "hapull {date}".into(),
+                timeout: Duration::from_secs(20),
+                blocked_timeout: Duration::from_secs(5),
+                ..Backup::default()
+            },
             remote_dir: remote_dir.display().to_string(),
             verify: VerifyLevel::Full,
             retention: RetentionPolicy::default(),
@@ -700,7 +697,7 @@ async fn a_backup_that_never_finishes_times_out_and_deletes_nothing() {
     let store = tempfile::tempdir().unwrap();
     let sshd = Sshd::start();
     let mut ctx = context(client, sshd_target(&sshd), store.path(), dir.path()).await;
-    ctx.settings.timeout = Duration::from_secs(2);
+    ctx.settings.backup.timeout = Duration::from_secs(2);
 
     let err = tokio::time::timeout(PATIENCE, ctx.run_cycle())
         .await

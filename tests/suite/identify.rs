@@ -92,7 +92,7 @@ fn job_ids(rig: &Rig) -> Vec<String> {
 async fn fallback_identifies_our_new_backup(sftp: bool, answer: JobAnswer) {
     let rig = rig(SimVersion::Supervisor, sftp, 0).await;
     let mut ctx = context(&rig, 3).await;
-    ctx.settings.name_template = NAME.into();
+    ctx.settings.backup.name = NAME.into();
     let first = ctx.run_cycle().await.unwrap();
     rig.sim.control().set_job_answer(answer);
     let [older, foreign, known] = decoys(&rig);
@@ -178,7 +178,7 @@ async fn a_failed_jobs_reference_is_not_taken_for_a_finished_backup() {
 async fn the_instance_is_remembered_when_no_backup_of_hapulls_is_left_in_ha() {
     let rig = rig(SimVersion::Supervisor, true, 0).await;
     let mut ctx = context(&rig, 0).await;
-    ctx.settings.name_template = NAME.into();
+    ctx.settings.backup.name = NAME.into();
     let first = ctx.run_cycle().await.unwrap();
     assert_eq!(first.deleted_on_ha, vec![first.backup_id.clone()]);
     assert!(ha_ids(&rig.sim).is_empty());
@@ -214,7 +214,7 @@ async fn the_instance_is_remembered_when_no_backup_of_hapulls_is_left_in_ha() {
 async fn no_candidate_fails_clearly_and_deletes_nothing() {
     let rig = rig(SimVersion::Supervisor, true, 0).await;
     let mut ctx = context(&rig, 1).await;
-    ctx.settings.name_template = NAME.into();
+    ctx.settings.backup.name = NAME.into();
     let first = ctx.run_cycle().await.unwrap();
     rig.sim.control().set_job_answer(JobAnswer::Unreachable);
     let [older, foreign, _known] = decoys(&rig);
@@ -297,12 +297,12 @@ fn assert_interrupted_backup_recovered(
 async fn a_supervisor_backup_left_by_a_timed_out_cycle_is_recorded_pulled_and_cleaned_up() {
     let rig = rig(SimVersion::Supervisor, true, 0).await;
     let mut ctx = context(&rig, 1).await;
-    ctx.settings.name_template = NAME.into();
+    ctx.settings.backup.name = NAME.into();
     let first = ctx.run_cycle().await.unwrap();
 
     rig.sim.control().hang_next_backup();
     let mut impatient = ctx.clone();
-    impatient.settings.timeout = Duration::from_secs(2);
+    impatient.settings.backup.timeout = Duration::from_secs(2);
     let err = impatient.run_cycle().await.unwrap_err();
     assert_eq!(err.step(), Some(Step::Await), "{err}");
     let l = ledger(&rig.store_dir);
@@ -330,7 +330,7 @@ async fn a_supervisor_backup_left_by_a_timed_out_cycle_is_recorded_pulled_and_cl
 async fn a_core_backup_whose_answer_was_lost_is_recorded_pulled_and_cleaned_up() {
     let rig = rig(SimVersion::Current, false, 0).await;
     let mut ctx = context(&rig, 1).await;
-    ctx.settings.name_template = NAME.into();
+    ctx.settings.backup.name = NAME.into();
     let first = ctx.run_cycle().await.unwrap();
 
     rig.sim.control().drop_connection_on_next_generate();
@@ -343,7 +343,7 @@ async fn a_core_backup_whose_answer_was_lost_is_recorded_pulled_and_cleaned_up()
 
     // A new connection, as the next run of a restarted process has.
     let mut ctx = context(&rig, 1).await;
-    ctx.settings.name_template = NAME.into();
+    ctx.settings.backup.name = NAME.into();
     let last = ctx.run_cycle().await.unwrap();
     let id = assert_interrupted_backup_recovered(&rig, &first.backup_id, &last);
     let d = audit(&rig, "backup.identified")

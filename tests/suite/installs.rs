@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::support::sshd::Sshd;
 use hapull::audit::{AuditLog, AuditOptions};
-use hapull::config::{BackupMode, VerifyLevel};
+use hapull::config::{Backup, VerifyLevel};
 use hapull::cycle::{Context, Settings, Source};
 use hapull::ha::{Client, ClientOptions, Endpoint};
 use hapull::secret::Secret;
@@ -95,16 +95,13 @@ pub(crate) async fn context(rig: &Rig, keep_on_ha: u32) -> Context {
         store: Arc::new(Store::open(&rig.store_dir).unwrap()),
         audit: Some(audit),
         settings: Settings {
-            mode: BackupMode::Api,
-            shell_command: "delete_backups".into(),
-            agent_id: None,
-            name_template: "hapull {date}".into(),
-            include_database: true,
-            password: None,
-            keep_on_ha,
-            prune_foreign: false,
-            timeout: Duration::from_secs(30),
-            blocked_timeout: Duration::from_secs(5),
+            backup: Backup {
+                keep_on_ha,
+                name: "hapull {date}".into(),
+                timeout: Duration::from_secs(30),
+                blocked_timeout: Duration::from_secs(5),
+                ..Backup::default()
+            },
             remote_dir: rig.sim.backup_dir().display().to_string(),
             verify: VerifyLevel::Full,
             retention: RetentionPolicy::default(),

@@ -637,7 +637,7 @@ async fn credentials_in_a_remote_never_reach_errors_or_the_audit_log() {
 mod cycle_rig {
     use super::*;
     use crate::support::sshd::Sshd;
-    use hapull::config::{BackupMode, VerifyLevel};
+    use hapull::config::{Backup, VerifyLevel};
     use hapull::cycle::{Context, Settings, Source};
     use hapull::ha::{Client, ClientOptions, Endpoint};
     use hapull::secret::Secret;
@@ -698,16 +698,12 @@ mod cycle_rig {
             store: Arc::new(Store::open(&store_dir).unwrap()),
             audit: Some(audit.clone()),
             settings: Settings {
-                mode: BackupMode::Api,
-                shell_command: "delete_backups".into(),
-                agent_id: None,
-                name_template: "hapull {date}".into(),
-                include_database: true,
-                password: None,
-                keep_on_ha: 1,
-                prune_foreign: false,
-                timeout: Duration::from_secs(30),
-                blocked_timeout: Duration::from_secs(5),
+                backup: Backup {
+                    name: "hapull {date}".into(),
+                    timeout: Duration::from_secs(30),
+                    blocked_timeout: Duration::from_secs(5),
+                    ..Backup::default()
+                },
                 remote_dir: sim.backup_dir().display().to_string(),
                 verify: VerifyLevel::Full,
                 retention: RetentionPolicy::default(),

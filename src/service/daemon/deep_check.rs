@@ -75,7 +75,7 @@ impl CycleJob {
             return;
         }
         let id = archive.manifest.backup_id.clone();
-        if archive.manifest.protected && self.ctx.settings.password.is_none() {
+        if archive.manifest.protected && self.ctx.settings.backup.password.is_none() {
             let reason = "the backup is password-protected and no [backup] password is configured, \
                           so it cannot be unpacked: set password_file (or password_env) to deep-verify it";
             warn!(backup_id = %id, "cannot deep-verify: {reason}");
@@ -87,7 +87,7 @@ impl CycleJob {
         let work = {
             let (store, archive, cancel) =
                 (self.ctx.store.clone(), archive.clone(), cancel.clone());
-            let password = self.ctx.settings.password.clone();
+            let password = self.ctx.settings.backup.password.clone();
             tokio::task::spawn_blocking(move || {
                 let mut keys = password.map(crate::store::Keys::new);
                 deep_verify(&store, &archive, keys.as_mut(), &cancel)
