@@ -5,14 +5,13 @@
 //! and the second-signal cut, webhooks from a real cycle, a protected backup, and the read-only
 //! `internal-sftp -R` account the README prescribes.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::config;
+use crate::support::hook::Hook;
 use crate::support::sshd::Sshd;
 use hapull::ha::{Client, ClientOptions, Endpoint, GenerateRequest};
 use hapull::secret::Secret;
@@ -651,61 +650,6 @@ async fn sigint_lets_the_pull_go_on_and_a_second_signal_cuts_it() {
         .collect();
     assert_eq!(kinds.last().map(String::as_str), Some("service.stopped"));
     ok(&rig.hapull(&["audit", "verify"]));
-}
-
-/// A local HTTP server that answers 200 to everything and keeps what it was sent.
-struct Hook {
-    port: u16,
-    requests: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-impl Hook {
-    fn start() -> Hook {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let mut reader = BufReader::new(s.try_clone().unwrap());
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
-                    continue;
-                }
-                let mut len = 0usize;
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = h.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; len];
-                let _ = reader.read_exact(&mut body);
-                let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                seen.lock()
-                    .unwrap()
-                    .push((request_line.trim().to_string(), body));
-                let _ = s.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-            }
-        });
-        Hook { port, requests }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn requests(&self) -> Vec<(String, Value)> {
-        self.requests.lock().unwrap().clone()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,9 @@
 //! this suite against each (one test at a time: they share the instance) and renders
 //! docs/RELIABILITY.md from the result lines the tests append.
 
+#[allow(dead_code)]
+#[path = "../../suite/support/hook.rs"]
+pub mod hook;
 pub mod lab;
 pub mod proxy;
 

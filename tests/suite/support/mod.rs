@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod config;
+pub mod hook;
 pub mod relay;
 pub mod sshd;
 
