@@ -289,6 +289,7 @@ async fn check_ssh(cfg: &Config, report: &mut Report) {
     };
     let opts = crate::transfer::SessionOptions {
         connect_timeout: ssh.connect_timeout,
+        ciphers: ssh.ciphers.clone(),
         ..Default::default()
     };
     let session = match crate::transfer::Session::connect(&target, &opts).await {

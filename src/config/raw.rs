@@ -171,6 +171,7 @@ pub struct Ssh {
     pub bandwidth_limit: Option<String>,
     pub connect_timeout: Option<String>,
     pub connections: Option<usize>,
+    pub ciphers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

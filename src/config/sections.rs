@@ -180,6 +180,35 @@ impl Validator<'_> {
                 format!("{connections} is not between 1 and {most}"),
             ));
         }
+        let ciphers = match r.ciphers {
+            None => crate::transfer::CIPHERS.to_vec(),
+            Some(names) => {
+                let mut ciphers = Vec::new();
+                for name in &names {
+                    match crate::transfer::CIPHERS
+                        .iter()
+                        .find(|c| **c == name.as_str())
+                    {
+                        Some(c) if !ciphers.contains(c) => ciphers.push(*c),
+                        Some(_) => {}
+                        None => {
+                            return Err(self.err(
+                                S,
+                                "ciphers",
+                                format!(
+                                    "{name:?} is not a cipher hapull offers; choose from {}",
+                                    crate::transfer::CIPHERS.join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                }
+                if ciphers.is_empty() {
+                    return Err(self.err(S, "ciphers", "name at least one cipher"));
+                }
+                ciphers
+            }
+        };
         Ok(Ssh {
             host,
             port: r.port.unwrap_or(22),
@@ -191,6 +220,7 @@ impl Validator<'_> {
             bandwidth_limit,
             connect_timeout,
             connections,
+            ciphers,
         })
     }
 

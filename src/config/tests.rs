@@ -452,3 +452,36 @@ fn an_empty_backup_section_means_the_documented_defaults() {
         "{err}"
     );
 }
+
+#[test]
+fn ssh_ciphers_are_checked_and_kept_in_the_order_given() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "token", "t\n");
+    let with = |line: &str| {
+        load_str(
+            dir.path(),
+            &format!(
+                "[home_assistant]\nurl = \"http://ha:8123\"\ntoken_file = \"token\"\n[ssh]\nhost = \"ha\"\n\
+                 user = \"u\"\nidentity_file = \"token\"\nknown_hosts = \"token\"\n{line}\n"
+            ),
+        )
+    };
+    let l =
+        with("ciphers = [\"chacha20-poly1305@openssh.com\", \"aes128-gcm@openssh.com\"]").unwrap();
+    assert_eq!(
+        l.config.ssh.unwrap().ciphers,
+        vec!["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com"]
+    );
+    let l = with("").unwrap();
+    assert_eq!(
+        l.config.ssh.unwrap().ciphers,
+        crate::transfer::CIPHERS.to_vec()
+    );
+    let err = with("ciphers = [\"3des-cbc\"]").unwrap_err().to_string();
+    assert!(
+        err.contains("3des-cbc") && err.contains("aes256-gcm@openssh.com"),
+        "{err}"
+    );
+    let err = with("ciphers = []").unwrap_err().to_string();
+    assert!(err.contains("at least one"), "{err}");
+}

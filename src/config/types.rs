@@ -67,6 +67,8 @@ pub struct Ssh {
     pub connect_timeout: Duration,
     /// SSH connections per pull (1 to `transfer::MAX_CONNECTIONS`).
     pub connections: usize,
+    /// SSH ciphers to offer, most wanted first (from `transfer::CIPHERS`).
+    pub ciphers: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

@@ -199,6 +199,9 @@ pub fn settings(cfg: &Config, progress: bool) -> Result<Settings, ServiceError> 
         ..PullOptions::default()
     };
     pull.session.connect_timeout = connect_timeout;
+    if let (Via::Sftp, Some(ssh)) = (cfg.transfer.via, &cfg.ssh) {
+        pull.session.ciphers = ssh.ciphers.clone();
+    }
     Ok(Settings {
         backup: cfg.backup.clone(),
         remote_dir,

@@ -32,7 +32,9 @@ use bytes::Bytes;
 pub use error::TransferError;
 pub use hostkey::{HostKeyInfo, HostKeyPolicy, TrustOutcome, trust_host_key};
 pub use http::{HttpTarget, download, download_observed};
-pub use session::{Identity, RemoteEntry, Session, SessionOptions, load_identity, scan_host_key};
+pub use session::{
+    CIPHERS, Identity, RemoteEntry, Session, SessionOptions, load_identity, scan_host_key,
+};
 
 use crate::secret::Secret;
 

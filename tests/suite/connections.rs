@@ -1,7 +1,7 @@
 //! How a pull uses its SSH connections to a real OpenSSH sshd: the reads are shared between the
 //! connections and the file is byte-exact; a connection the server turns away is done without; only
 //! the main connection records a host key met for the first time; a bandwidth limit paces the
-//! requests from the first byte on.
+//! requests from the first byte on; the ciphers offered are the ones configured.
 
 use crate::support::relay::{Faults, Relay};
 use crate::support::sshd::Sshd;
@@ -219,4 +219,50 @@ async fn a_file_rewritten_during_the_pull_is_pulled_again_whole() {
     assert!(outcome.attempts >= 2, "the change was noticed: {outcome:?}");
     assert_eq!(outcome.resumed_bytes, 0, "nothing kept of the old file");
     assert_eq!(sha256sum(&dst), sha256sum(&src), "the new content, whole");
+}
+
+#[tokio::test]
+async fn the_ciphers_offered_are_the_ones_configured() {
+    // A server that speaks only ChaCha20-Poly1305, as one might set up for a Raspberry Pi 4.
+    let sshd = Sshd::start_with("ed25519", "Ciphers chacha20-poly1305@openssh.com");
+    let src = sshd.remote_dir().join("c.tar");
+    random_file(&src, 1024 * 1024, 26);
+    let t = target(&sshd, sshd.port, known(&sshd, sshd.port));
+    let local = tempfile::tempdir().unwrap();
+    let dst = local.path().join("c.tar");
+    let offering = |ciphers: Vec<&'static str>| PullOptions {
+        retry_budget: 0,
+        session: hapull::transfer::SessionOptions {
+            ciphers,
+            ..fast_retry().session
+        },
+        ..fast_retry()
+    };
+    // The default list includes it (after AES-GCM): agreed.
+    transfer::pull(
+        &t,
+        &remote_str(&src),
+        &dst,
+        &offering(transfer::CIPHERS.to_vec()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sha256sum(&dst), sha256sum(&src));
+    // Only AES-GCM offered: no cipher in common, and the error says the handshake failed.
+    std::fs::remove_file(&dst).unwrap();
+    let err = transfer::pull(
+        &t,
+        &remote_str(&src),
+        &dst,
+        &offering(vec!["aes256-gcm@openssh.com"]),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(!dst.exists(), "{err}");
+    // Both lists are named, so the user sees what to change.
+    assert!(
+        err.contains("Cipher") && err.contains("aes256-gcm") && err.contains("chacha20-poly1305"),
+        "{err}"
+    );
 }
