@@ -293,23 +293,14 @@ impl<R: Read> TarStream<R> {
         }
         while left > 0 {
             let want = usize::try_from(left.min(SKIP_CHUNK as u64)).unwrap_or(SKIP_CHUNK);
-            let n = match self.inner.read(&mut self.scratch[..want]) {
-                Ok(0) => {
-                    self.truncated = true;
-                    return Err(TarError::Truncated {
-                        offset: self.offset,
-                        what: format!("member {}", shown(&self.current)),
-                    });
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(TarError::Io {
-                        offset: self.offset,
-                        source,
-                    });
-                }
-            };
+            let n = read_at(&mut self.inner, &mut self.scratch[..want], self.offset)?;
+            if n == 0 {
+                self.truncated = true;
+                return Err(TarError::Truncated {
+                    offset: self.offset,
+                    what: format!("member {}", shown(&self.current)),
+                });
+            }
             self.offset += n as u64;
             left -= n as u64;
         }
@@ -322,16 +313,13 @@ impl<R: Read> TarStream<R> {
     fn read_block(&mut self, block: &mut [u8; BLOCK]) -> Result<bool, TarError> {
         let mut filled = 0;
         while filled < BLOCK {
-            match self.inner.read(&mut block[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(TarError::Io {
-                        offset: self.offset + filled as u64,
-                        source,
-                    });
-                }
+            match read_at(
+                &mut self.inner,
+                &mut block[filled..],
+                self.offset + filled as u64,
+            )? {
+                0 => break,
+                n => filled += n,
             }
         }
         self.offset += filled as u64;
@@ -357,17 +345,10 @@ impl<R: Read> TarStream<R> {
         }
         let mut buf = [0u8; 8192];
         loop {
-            let n = match self.inner.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(TarError::Io {
-                        offset: self.offset,
-                        source,
-                    });
-                }
-            };
+            let n = read_at(&mut self.inner, &mut buf, self.offset)?;
+            if n == 0 {
+                break;
+            }
             if let Some(pos) = buf[..n].iter().position(|&b| b != 0) {
                 return Err(TarError::TrailingData {
                     offset: self.offset + pos as u64,
@@ -378,6 +359,27 @@ impl<R: Read> TarStream<R> {
         self.finished = true;
         Ok(())
     }
+}
+
+/// One `read`, retried when interrupted; an I/O error is reported at `offset`.
+fn read_at<R: Read>(inner: &mut R, buf: &mut [u8], offset: u64) -> Result<usize, TarError> {
+    loop {
+        match inner.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(TarError::Io { offset, source }),
+            Ok(n) => return Ok(n),
+        }
+    }
+}
+
+/// The stream ended inside the current member: marks it truncated and says so. (Fields, not the
+/// stream, so that it can be called while the stream's buffer is borrowed.)
+fn cut_short(truncated: &mut bool, current: &str, remaining: u64) -> io::Error {
+    *truncated = true;
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("member {} ends {remaining} bytes early", shown(current)),
+    )
 }
 
 /// Data of the current member; reading past it returns end of file. An underlying end of file before
@@ -397,15 +399,7 @@ impl<R: Read> Read for MemberData<'_, R> {
             .min(buf.len());
         let n = s.inner.read(&mut buf[..want])?;
         if n == 0 {
-            s.truncated = true;
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "member {} ends {} bytes early",
-                    shown(&s.current),
-                    s.remaining
-                ),
-            ));
+            return Err(cut_short(&mut s.truncated, &s.current, s.remaining));
         }
         s.offset += n as u64;
         s.remaining -= n as u64;
@@ -425,15 +419,7 @@ impl<R: BufRead> BufRead for MemberData<'_, R> {
         let remaining = usize::try_from(s.remaining).unwrap_or(usize::MAX);
         let buf = s.inner.fill_buf()?;
         if buf.is_empty() {
-            s.truncated = true;
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "member {} ends {} bytes early",
-                    shown(&s.current),
-                    s.remaining
-                ),
-            ));
+            return Err(cut_short(&mut s.truncated, &s.current, s.remaining));
         }
         Ok(&buf[..buf.len().min(remaining)])
     }
